@@ -1,0 +1,160 @@
+"""MNIST as tensors on the training device: loading, checks, batched augmentation, batching."""
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision import datasets
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
+# kind -> (file suffix, magic number, header bytes, bytes per item) of the raw MNIST files
+RAW_FILES = {
+    "images": ("images-idx3-ubyte", 2051, 16, 28 * 28),
+    "labels": ("labels-idx1-ubyte", 2049, 8, 1),
+}
+
+
+class DataError(Exception):
+    """MNIST could not be found, downloaded or read; the message says what to do."""
+
+
+def default_data_dir():
+    """$MNIST_DATA_DIR if set, else ./data."""
+    return os.environ.get(DATA_DIR_ENV, "data")
+
+
+def raw_dir(root):
+    return Path(root) / "MNIST" / "raw"
+
+
+def check_raw_file(path):
+    """Raise DataError unless `path` is a complete raw MNIST file: right magic number and size."""
+    kind = "labels" if "labels" in path.name else "images"
+    _, magic, header, item_bytes = RAW_FILES[kind]
+    data = path.read_bytes()[:header]
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        raise DataError(f"{path} is corrupt: its magic number is {found}, expected {magic} "
+                        f"for an MNIST {kind} file. Delete it (and its .gz) and load again.")
+    count = int.from_bytes(data[4:8], "big")
+    expected, size = header + count * item_bytes, path.stat().st_size
+    if size != expected:
+        raise DataError(f"{path} is truncated or corrupt: {size} bytes, expected {expected} "
+                        f"({count} {kind}). Delete it (and its .gz) and load again.")
+
+
+def _bad_archives(folder):
+    """Names of .gz files present in `folder` whose md5 differs from torchvision's list."""
+    bad = []
+    for name, md5 in datasets.MNIST.resources:
+        path = folder / name
+        if path.exists() and hashlib.md5(path.read_bytes()).hexdigest() != md5:
+            bad.append(f"{path} (md5 differs from the official {md5})")
+    return bad
+
+
+def _not_found_message(root, error):
+    folder = raw_dir(root)
+    names = ", ".join(name for name, _ in datasets.MNIST.resources)
+    bad = _bad_archives(folder)
+    cause = f"Corrupt archive(s): {'; '.join(bad)}. " if bad else ""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"MNIST could not be loaded from {folder} ({first_line}). {cause}"
+            f"torchvision tried its mirrors ({', '.join(datasets.MNIST.mirrors)}). "
+            f"Without a network, place the four files {names} in {folder} "
+            f"(torchvision checks their md5 and unpacks them), or point --data-dir / "
+            f"${DATA_DIR_ENV} at a folder that holds MNIST/raw/.")
+
+
+def load_mnist_split(root, train):
+    """Raw (uint8 images (N, 28, 28), int64 labels (N,)) of one split, downloaded if needed."""
+    prefix = "train" if train else "t10k"
+    for suffix, *_ in RAW_FILES.values():
+        path = raw_dir(root) / f"{prefix}-{suffix}"
+        if path.exists():  # unpacked earlier: check it before torchvision parses it
+            check_raw_file(path)
+    try:  # downloads (md5-checked) and unpacks only what is missing
+        dataset = datasets.MNIST(root, train=train, download=True)
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+        raise DataError(_not_found_message(root, error)) from error
+    return dataset.data, dataset.targets
+
+
+def to_device(images, labels, device):
+    """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28) on `device`."""
+    x = (images.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
+    return x.to(device), labels.to(device)
+
+
+def load_mnist(root, device, val_split=0, train_subset=0):
+    """Dict of (images, labels) on `device` for 'train', 'test' and, if val_split > 0, 'val'.
+
+    The validation images are held out of the training set by a fixed permutation
+    (the same for every run seed), so the recipe can be tuned without the test set.
+    """
+    train_x, train_y = load_mnist_split(root, train=True)
+    test_x, test_y = load_mnist_split(root, train=False)
+    splits = {}
+    if val_split:
+        if not 0 < val_split < len(train_x):
+            raise DataError(f"--val-split must be between 1 and {len(train_x) - 1}, got {val_split}")
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1234))
+        train_x, train_y = train_x[order], train_y[order]
+        splits["val"] = to_device(train_x[-val_split:], train_y[-val_split:], device)
+        train_x, train_y = train_x[:-val_split], train_y[:-val_split]
+    if train_subset:
+        train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+    splits["train"] = to_device(train_x, train_y, device)
+    splits["test"] = to_device(test_x, test_y, device)
+    return splits
+
+
+def random_affine(x, degrees, shift, generator):
+    """Rotate each image by U(-degrees, degrees) and shift it by U(-shift, shift) pixels, in one batch."""
+    n, _, h, w = x.shape
+    uniform = torch.rand(n, 3, generator=generator, device=x.device) * 2 - 1  # U(-1, 1)
+    angle = uniform[:, 0] * math.radians(degrees)
+    offset = uniform[:, 1:] * shift * 2 / torch.tensor([w, h], device=x.device)  # pixels -> [-1, 1] units
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1),
+                         torch.stack([sin, cos, offset[:, 1]], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = (0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
+    return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
+class DeviceLoader:
+    """Batches sliced from tensors already on the device; drops in where a DataLoader would.
+
+    With shuffle=True each epoch draws a fresh permutation (and augmentation) from
+    its own seeded generator, whose state a checkpoint can save and restore. A
+    shuffled loader drops the last incomplete batch so every step has one shape.
+    """
+
+    def __init__(self, images, labels, batch_size, shuffle=False, degrees=0.0, shift=0.0, seed=0):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.shuffle, self.degrees, self.shift = shuffle, degrees, shift
+        self.generator = torch.Generator(device=images.device).manual_seed(seed)
+
+    def __len__(self):
+        n = len(self.labels)
+        return max(1, n // self.batch_size) if self.shuffle else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self):
+        return min(len(self.labels), len(self) * self.batch_size)
+
+    def __iter__(self):
+        device = self.images.device
+        order = (torch.randperm(len(self.labels), generator=self.generator, device=device)
+                 if self.shuffle else None)
+        for i in range(len(self)):
+            window = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            index = order[window] if order is not None else window
+            x, y = self.images[index], self.labels[index]
+            if self.degrees or self.shift:
+                x = random_affine(x, self.degrees, self.shift, self.generator)
+            yield x, y

@@ -1,0 +1,160 @@
+"""Train the MNIST CNN with BN, GN or LN from a shell; `--norm all` runs the whole study.
+
+    python main.py --norm gn --epochs 20
+    python main.py --norm all --epochs 20 --seeds 0 1 2
+    python main.py --resume runs/gn_seed0
+"""
+import argparse
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
+from experiment import fit, new_run_dir, run_name, run_study, save_study, summary_table
+from utils import STUDY_L1, Config, Interrupted, NonFiniteLoss, get_device
+
+RESUMABLE_ANYWHERE = {"data_dir", "out", "no_progress", "resume"}  # may differ on --resume
+
+
+def make_parser():
+    d = Config()
+    p = argparse.ArgumentParser(description="Batch/Group/Layer Normalization on MNIST.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    add("--norm", default=d.norm, choices=["bn", "gn", "ln", "all"],
+        help="normalization layers; 'all' runs the study: GN, LN and BN+L1")
+    add("--epochs", type=int, default=d.epochs, help="training epochs")
+    add("--batch-size", type=int, default=d.batch_size, help="training batch size")
+    add("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
+    add("--l1", type=float, default=None,
+        help=f"L1 lambda on conv weights; unset: 0 for one run, {STUDY_L1} for BN+L1 in the study")
+    add("--gn-groups", type=int, default=d.gn_groups, help="GroupNorm groups for --norm gn")
+    add("--dropout", type=float, default=d.dropout, help="dropout probability")
+    add("--degrees", type=float, default=d.degrees, help="max random rotation in degrees")
+    add("--shift", type=float, default=d.shift, help="max random shift in pixels")
+    add("--seed", type=int, default=d.seed, help="random seed")
+    add("--seeds", type=int, nargs="+", default=None, help="several seeds, one run each")
+    add("--val-split", type=int, default=d.val_split, help="training images held out as validation")
+    add("--train-subset", type=int, default=d.train_subset, help="train on the first N images (0: all)")
+    add("--data-dir", default=None, help=f"MNIST root; unset: ${DATA_DIR_ENV}, else ./data")
+    add("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
+    add("--results", default="results", help="folder for the study's combined results JSON")
+    add("--images", default="images", help="folder for the study's figures")
+    add("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
+    add("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    add("--no-progress", action="store_true", help="no progress bar, only one line per epoch")
+    add("--dry-run", action="store_true", help="smoke test: 1 epoch on 1,000 training images")
+    return p
+
+
+def given_flags(parser, argv, args):
+    """Names of the options that `argv` sets explicitly."""
+    unset = object()
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in vars(args)}))
+    return {name for name, value in vars(probe).items() if value is not unset}
+
+
+def check_args(parser, args):
+    """parser.error (exit 2, nothing written) for values no run can use."""
+    rules = [(args.epochs >= 1, "--epochs must be >= 1"),
+             (args.batch_size >= 1, "--batch-size must be >= 1"),
+             (args.lr > 0, "--lr must be > 0"),
+             (args.l1 is None or args.l1 >= 0, "--l1 must be >= 0"),
+             (args.gn_groups >= 1, "--gn-groups must be >= 1"),
+             (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
+             (args.val_split >= 0 and args.train_subset >= 0,
+              "--val-split and --train-subset must be >= 0")]
+    for ok, message in rules:
+        if not ok:
+            parser.error(message)
+
+
+def config_from_args(args):
+    names = {f.name for f in fields(Config)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    config = Config(**{**values, "data_dir": args.data_dir or default_data_dir()})
+    if args.dry_run:
+        config = replace(config, epochs=1, train_subset=1000)
+    return config
+
+
+def resume_config(parser, args, given):
+    """(stored config, finished epochs) of --resume RUN_DIR; refuse flags that contradict it."""
+    path = Path(args.resume) / "metrics.json"
+    if not path.exists():
+        parser.error(f"--resume {args.resume}: no metrics.json there, so nothing to resume")
+    if args.norm == "all" or args.seeds:
+        parser.error("--resume continues one run; it cannot be combined with --norm all or --seeds")
+    stored = json.loads(path.read_text())
+    config = Config(**stored["config"])
+    wanted = config_from_args(args)
+    clashes = [f"--{k.replace('_', '-')} {getattr(wanted, k)} (run has {getattr(config, k)})"
+               for k in sorted(given - RESUMABLE_ANYWHERE) if hasattr(config, k)
+               and getattr(wanted, k) != getattr(config, k)]
+    if clashes:
+        parser.error(f"--resume refuses flags that differ from the run's config: {', '.join(clashes)}")
+    return replace(config, data_dir=args.data_dir or config.data_dir), len(stored["epochs"])
+
+
+def run_one(config, splits, args):
+    run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, run_name(config), args.overwrite)
+    print(f"run {run_dir}: {config.norm.upper()} l1={config.l1} seed={config.seed} on {splits['train'][0].device}")
+    metrics, _ = fit(config, splits, run_dir, progress=not args.no_progress)
+    print(f"final test accuracy {metrics['epochs'][-1]['test_acc']:.2f}% "
+          f"({metrics['params']} parameters); wrote {run_dir}/metrics.json and model.pt")
+
+
+def study(config, splits, args, seeds):
+    from plots import save_figures, study_figures  # matplotlib only where figures are drawn
+
+    runs, models = run_study(config, seeds, splits, args.out, args.l1, args.overwrite,
+                             progress=not args.no_progress)
+    summary = save_study(runs, args.results)
+    print(f"wrote {Path(args.results) / 'study.json'}")
+    for path in save_figures(study_figures(runs, models, splits["test"]), args.images):
+        print(f"wrote {path}")
+    print(summary_table(summary))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    if args.resume:
+        config, done = resume_config(parser, args, given_flags(parser, argv, args))
+        if done >= config.epochs:
+            print(f"{args.resume} already finished all {config.epochs} epochs; nothing to resume.")
+            return 0
+    else:
+        config = config_from_args(args)
+    try:
+        device = get_device(config.device)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        splits = load_mnist(config.data_dir, device, config.val_split, config.train_subset)
+        if args.norm == "all":
+            study(config, splits, args, args.seeds or [config.seed])
+        else:
+            for seed in args.seeds or [config.seed]:
+                run_one(replace(config, seed=seed), splits, args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except NonFiniteLoss as error:
+        print(f"error: training stopped: non-finite loss in {error}. The learning rate (--lr) or "
+              f"the L1 lambda (--l1) is likely too large; lower it and start again. The metrics "
+              f"and checkpoint of every good epoch are kept in {error.run_dir}.", file=sys.stderr)
+        return 3
+    except Interrupted as error:
+        print(f"\ninterrupted in {error}; every finished epoch is saved in {error.run_dir}. "
+              f"Resume with: python main.py --resume {error.run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

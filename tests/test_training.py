@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from data import MNIST_MEAN, MNIST_STD, DeviceLoader, load_mnist, random_affine
+from experiment import build
+from model import Net
+from utils import Config, collect_misclassified, l1_penalty, l1_weights, set_seed, train
+from utils import test as evaluate  # plain `test` would be collected by pytest
+
+
+def test_l1_covers_conv_weights_only_and_equals_hand_sum():
+    model = Net("bn")
+    covered = l1_weights(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(covered) == len(convs) == 8
+    by_hand = 0.0
+    for m in convs:
+        by_hand += sum(abs(float(w)) for w in m.weight.detach().flatten())
+    assert math.isclose(float(l1_penalty(model)), by_hand, rel_tol=1e-5)
+    not_covered = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert not not_covered & {id(w) for w in covered}
+
+
+@pytest.mark.parametrize("norm,l1", [("bn", 0.0), ("bn", 1e-4), ("gn", 0.0), ("ln", 1e-4)])
+def test_overfits_one_fixed_batch(norm, l1):
+    set_seed(0)
+    x, y = torch.randn(32, 1, 28, 28), torch.arange(32) % 10
+    model = Net(norm, dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loader = DeviceLoader(x, y, batch_size=32)
+    first = evaluate(model, loader)["loss"]
+    for _ in range(300):
+        train(model, loader, optimizer, l1_lambda=l1)
+    assert evaluate(model, loader)["loss"] < 0.05 * first
+    assert evaluate(model, loader)["acc"] == 100.0
+
+
+def test_test_loss_is_mean_over_all_samples_whatever_the_batch_size():
+    set_seed(0)
+    model = Net("gn")
+    x, y = torch.randn(103, 1, 28, 28), torch.randint(0, 10, (103,))
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model.eval()(x), y).item()
+    for batch_size in (1, 10, 64, 103, 500):
+        assert math.isclose(evaluate(model, DeviceLoader(x, y, batch_size))["loss"], expected, rel_tol=1e-5)
+
+
+def test_test_loader_is_in_order_and_unaugmented():
+    x, y = torch.randn(10, 1, 28, 28), torch.arange(10)
+    batches = list(DeviceLoader(x, y, batch_size=4))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b[1] for b in batches]), y)
+    assert torch.equal(torch.cat([b[0] for b in batches]), x)
+
+
+def test_train_loader_permutation_and_augmentation_follow_the_seed():
+    x, y = torch.randn(100, 1, 28, 28), torch.arange(100)
+    epoch = lambda seed: list(DeviceLoader(x, y, 32, shuffle=True, degrees=10, shift=2, seed=seed))  # noqa: E731
+    a, b, c = epoch(0), epoch(0), epoch(1)
+    assert len(a) == 3  # the last incomplete batch is dropped
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+    assert sorted(torch.cat([t[1] for t in a]).tolist()) != list(range(96))  # shuffled, not in order
+
+
+def test_augmentation_keeps_background_black_and_moves_pixels():
+    black = (0 - MNIST_MEAN) / MNIST_STD
+    x = torch.full((8, 1, 28, 28), black)
+    x[:, :, 10:18, 10:18] = (1 - MNIST_MEAN) / MNIST_STD
+    out = random_affine(x, 15, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(out[:, :, :3, :], torch.tensor(black), atol=1e-5)  # no grey border
+    assert not torch.allclose(out, x)
+    assert torch.allclose(random_affine(x, 0, 0, torch.Generator()), x, atol=1e-5)
+
+
+def test_collect_misclassified_returns_only_wrong_predictions():
+    set_seed(0)
+    model = Net("bn").eval()
+    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    found = collect_misclassified(model, DeviceLoader(x, y, 16), limit=10)
+    assert len(found["true"]) == 10 and found["images"].shape == (10, 1, 28, 28)
+    assert (found["true"] != found["pred"]).all()
+    assert ((found["confidence"] > 0) & (found["confidence"] <= 1)).all()
+
+
+def test_one_epoch_on_10k_real_images_reaches_95_percent(real_mnist):
+    """Only a working pipeline (data, normalization, model, optimizer) gets here in one epoch."""
+    splits = load_mnist(real_mnist, torch.device("cpu"), train_subset=10_000)
+    assert splits["test"][0].shape == (10_000, 1, 28, 28)
+    model, train_loader, eval_loaders, optimizer, scheduler = build(Config(norm="bn", epochs=1, lr=0.03), splits)
+    train(model, train_loader, optimizer, scheduler)
+    assert evaluate(model, eval_loaders["test"])["acc"] >= 95.0
