@@ -1,0 +1,116 @@
+"""The study's figures, drawn from metrics (lists of per-epoch dicts) and tensors, never globals."""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from data import MNIST_MEAN, MNIST_STD, DeviceLoader
+from utils import collect_misclassified
+
+DPI = 120  # fixed, so the same metrics give the same PNG size
+COLORS = {"GN": "tab:blue", "LN": "tab:orange", "BN+L1": "tab:green"}
+FILE_KEYS = {"GN": "gn", "LN": "ln", "BN+L1": "bn_l1"}
+
+
+def curves(runs, key):
+    """{label: (params, epochs x seeds array)} of metric `key` for every variant in `runs`."""
+    out = {}
+    for label in dict.fromkeys(run["variant"] for run in runs):
+        group = [run for run in runs if run["variant"] == label]
+        out[label] = (group[0]["params"], np.array([[row[key] for row in run["epochs"]] for run in group]).T)
+    return out
+
+
+def plot_metric(runs, key, title, ylabel, percent=False):
+    """All variants' `key` per epoch on one axes: mean over seeds, min-max band, final and best in the legend."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI)
+    fmt = "{:.2f}%" if percent else "{:.4f}"
+    shown = []
+    for label, (params, values) in curves(runs, key).items():
+        epochs, mean = np.arange(1, len(values) + 1), values.mean(1)
+        best = mean.max() if percent else mean.min()
+        seeds = f", mean of {values.shape[1]} seeds" if values.shape[1] > 1 else ""
+        color = COLORS.get(label)
+        ax.plot(epochs, mean, marker="o", ms=3, color=color,
+                label=f"{label} ({params:,} params{seeds}): final {fmt.format(mean[-1])}, "
+                      f"best {fmt.format(best)}")
+        if values.shape[1] > 1:
+            ax.fill_between(epochs, values.min(1), values.max(1), color=color, alpha=0.15)
+        ax.annotate(fmt.format(mean[-1]), (epochs[-1], mean[-1]), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=9, color=color)
+        shown.append(mean[min(2, len(mean) - 1):])  # skip the first epochs when zooming
+    zoom = np.concatenate(shown)
+    low, high = zoom.min(), zoom.max()
+    pad = 0.1 * (high - low) or 0.1
+    ax.set_ylim(low - pad, min(high + pad, 100.0) if percent else high + pad)
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right" if percent else "upper right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_train_vs_test(runs):
+    """2x2 panel: train/test loss and accuracy of every variant (mean over seeds)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=DPI, sharex=True)
+    for ax, key in zip(axes.flat, ("train_loss", "test_loss", "train_acc", "test_acc")):
+        for label, (_, values) in curves(runs, key).items():
+            ax.plot(np.arange(1, len(values) + 1), values.mean(1), color=COLORS.get(label), label=label)
+        split, metric = key.split("_")
+        ax.set(title=f"{split} {'loss' if metric == 'loss' else 'accuracy'}", xlabel="epoch",
+               ylabel="cross-entropy" if metric == "loss" else "accuracy (%)")
+        if metric == "acc":
+            ax.set_ylim(98.0, 100.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle("Train vs. test: training sees augmented images, so its accuracy runs below test")
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(found, label, test_acc):
+    """A 5x2 grid of misclassified test images, each tile titled with true and predicted label."""
+    fig, axes = plt.subplots(5, 2, figsize=(5, 12), dpi=DPI)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(found["true"]):
+            continue
+        image = (found["images"][i, 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1)  # undo the normalization
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"true {found['true'][i]}, predicted {found['pred'][i]}\n"
+                     f"confidence {100 * found['confidence'][i]:.0f}%", fontsize=10)
+    fig.suptitle(f"{label}: 10 misclassified test images\n(test accuracy {test_acc:.2f}%)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def study_figures(runs, models, test_split):
+    """{file stem: figure} of the whole study; `models` maps label -> the model whose errors are shown."""
+    figures = {
+        "test_loss": plot_metric(runs, "test_loss", "Test loss per epoch",
+                                 "cross-entropy (mean over all test images)"),
+        "test_accuracy": plot_metric(runs, "test_acc", "Test accuracy per epoch", "accuracy (%)",
+                                     percent=True),
+        "train_vs_test": plot_train_vs_test(runs),
+    }
+    loader = DeviceLoader(*test_split, batch_size=1000)
+    for label, model in models.items():
+        first_seed = next(run for run in runs if run["variant"] == label)
+        found = collect_misclassified(model, loader, limit=10)
+        key = f"misclassified_{FILE_KEYS.get(label, label.lower())}"
+        figures[key] = plot_misclassified(found, label, first_seed["epochs"][-1]["test_acc"])
+    for fig in figures.values():
+        plt.close(fig)  # a notebook shows each one where it asks, with display(fig)
+    return figures
+
+
+def save_figures(figures, images_dir):
+    """Write each figure as images_dir/<stem>.png at the fixed DPI; returns the paths."""
+    images_dir = Path(images_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, fig in figures.items():
+        paths.append(images_dir / f"{stem}.png")
+        fig.savefig(paths[-1], dpi=DPI)
+    return paths
