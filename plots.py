@@ -21,13 +21,23 @@ def curves(runs, key):
     return out
 
 
+def zoom(means, percent):
+    """y-limits around the last 60% of epochs of every curve, where the variants differ."""
+    tail = np.concatenate([m[int(0.4 * len(m)):] for m in means])
+    low, high = tail.min(), tail.max()
+    pad = 0.15 * (high - low) or 0.1
+    return low - pad, min(high + pad, 100.0) if percent else high + pad
+
+
 def plot_metric(runs, key, title, ylabel, percent=False):
     """All variants' `key` per epoch on one axes: mean over seeds, min-max band, final and best in the legend."""
     fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI)
     fmt = "{:.2f}%" if percent else "{:.4f}"
-    shown = []
-    for label, (params, values) in curves(runs, key).items():
-        epochs, mean = np.arange(1, len(values) + 1), values.mean(1)
+    series = curves(runs, key)
+    means = {label: values.mean(1) for label, (_, values) in series.items()}
+    rank = {label: i for i, label in enumerate(sorted(means, key=lambda k: means[k][-1]))}
+    for label, (params, values) in series.items():
+        epochs, mean = np.arange(1, len(values) + 1), means[label]
         best = mean.max() if percent else mean.min()
         seeds = f", mean of {values.shape[1]} seeds" if values.shape[1] > 1 else ""
         color = COLORS.get(label)
@@ -36,13 +46,11 @@ def plot_metric(runs, key, title, ylabel, percent=False):
                       f"best {fmt.format(best)}")
         if values.shape[1] > 1:
             ax.fill_between(epochs, values.min(1), values.max(1), color=color, alpha=0.15)
-        ax.annotate(fmt.format(mean[-1]), (epochs[-1], mean[-1]), xytext=(6, 0),
+        offset = 11 * (rank[label] - (len(rank) - 1) / 2)  # points; keeps close final values apart
+        ax.annotate(fmt.format(mean[-1]), (epochs[-1], mean[-1]), xytext=(8, offset),
                     textcoords="offset points", va="center", fontsize=9, color=color)
-        shown.append(mean[min(2, len(mean) - 1):])  # skip the first epochs when zooming
-    zoom = np.concatenate(shown)
-    low, high = zoom.min(), zoom.max()
-    pad = 0.1 * (high - low) or 0.1
-    ax.set_ylim(low - pad, min(high + pad, 100.0) if percent else high + pad)
+    ax.set_ylim(*zoom(means.values(), percent))
+    ax.set_xlim(0.5, len(mean) + 2.5)  # room for the final-value labels
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -55,16 +63,18 @@ def plot_train_vs_test(runs):
     """2x2 panel: train/test loss and accuracy of every variant (mean over seeds)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=DPI, sharex=True)
     for ax, key in zip(axes.flat, ("train_loss", "test_loss", "train_acc", "test_acc")):
-        for label, (_, values) in curves(runs, key).items():
-            ax.plot(np.arange(1, len(values) + 1), values.mean(1), color=COLORS.get(label), label=label)
+        means = {label: values.mean(1) for label, (_, values) in curves(runs, key).items()}
+        for label, mean in means.items():
+            ax.plot(np.arange(1, len(mean) + 1), mean, color=COLORS.get(label), label=label)
         split, metric = key.split("_")
         ax.set(title=f"{split} {'loss' if metric == 'loss' else 'accuracy'}", xlabel="epoch",
                ylabel="cross-entropy" if metric == "loss" else "accuracy (%)")
-        if metric == "acc":
-            ax.set_ylim(98.0, 100.0)
+        ax.set_ylim(*zoom(means.values(), percent=metric == "acc"))
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    fig.suptitle("Train vs. test: training sees augmented images, so its accuracy runs below test")
+    fig.suptitle("Train vs. test (mean over seeds): training sees augmented images and dropout, "
+                 "so its accuracy runs below test")
     fig.tight_layout()
     return fig
 
@@ -99,7 +109,8 @@ def study_figures(runs, models, test_split):
         first_seed = next(run for run in runs if run["variant"] == label)
         found = collect_misclassified(model, loader, limit=10)
         key = f"misclassified_{FILE_KEYS.get(label, label.lower())}"
-        figures[key] = plot_misclassified(found, label, first_seed["epochs"][-1]["test_acc"])
+        figures[key] = plot_misclassified(found, f"{label}, seed {first_seed['config']['seed']}",
+                                          first_seed["epochs"][-1]["test_acc"])
     for fig in figures.values():
         plt.close(fig)  # a notebook shows each one where it asks, with display(fig)
     return figures

@@ -111,7 +111,7 @@ def train(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=Fals
     for step, (x, y) in enumerate(bar, start=1):
         logits = model(x)
         data_loss = F.cross_entropy(logits, y)
-        loss = data_loss + l1_lambda * l1_penalty(model) if l1_lambda else data_loss
+        loss = (data_loss + l1_lambda * l1_penalty(model)) if l1_lambda else data_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,7 +120,7 @@ def train(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=Fals
         loss_sum += data_loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         if step % check_every == 0 or step == len(loader):
-            if not torch.isfinite(loss.detach()):
+            if not torch.isfinite(loss_sum + loss.detach()):  # any step since the last check
                 raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
             if should_stop():
                 raise Interrupted(f"step {step}")

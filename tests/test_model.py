@@ -55,3 +55,21 @@ def test_unknown_norm_names_valid_values():
 def test_gn_groups_must_divide_widths():
     with pytest.raises(ValueError, match="gn_groups=3"):
         Net("gn", gn_groups=3)
+
+
+def test_layernorm_over_chw_would_blow_the_budget():
+    """The README's counts: 7,410 with GroupNorm(1, C); 53,994 with nn.LayerNorm([C, H, W])."""
+    model = Net("ln")
+    sizes = iter([26, 24, 22, 11, 9, 7, 7])  # output size of each normalized conv
+    for block in model.features:
+        if isinstance(block, nn.Sequential):
+            size = next(sizes)
+            block[1] = nn.LayerNorm([block[1].num_channels, size, size])
+    assert count_parameters(Net("ln")) == 7410
+    assert count_parameters(model) == 53994
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_l1_covers_7232_conv_weights():
+    from utils import l1_weights
+    assert sum(w.numel() for w in l1_weights(Net("bn"))) == 7232

@@ -1,0 +1,68 @@
+"""Print the README's tables from the committed result files, so the README can't drift from them.
+
+    python report.py      # paste its sections into README.md; tests/test_readme.py checks they match
+"""
+import json
+from pathlib import Path
+
+from experiment import summary_table
+from norm_example import markdown as norm_example_markdown
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hardware_line(metrics):
+    return f"device `{metrics['device']}`, torch {metrics['torch']}"
+
+
+def study_section(path=RESULTS / "study.json"):
+    study = json.loads(Path(path).read_text())
+    first = study["runs"][0]
+    seconds = {label: s["mean_seconds_per_epoch"] for label, s in study["summary"].items()}
+    return "\n".join([
+        summary_table(study["summary"]), "",
+        f"From `results/study.json`: {len(study['runs'])} runs of {len(first['epochs'])} epochs, "
+        f"{hardware_line(first)}; mean seconds per epoch (train + test) "
+        + ", ".join(f"{label} {s:.1f}" for label, s in seconds.items()) + ".",
+    ])
+
+
+def l1_sweep_section(folder=RESULTS / "l1_sweep"):
+    runs = sorted((json.loads(p.read_text()) for p in Path(folder).glob("*.json")),
+                  key=lambda m: m["config"]["l1"])
+    lines = ["| L1 lambda | validation acc, last epoch | validation loss | test acc (reported only) |",
+             "|---:|---:|---:|---:|"]
+    for m in runs:
+        last = m["epochs"][-1]
+        lines.append(f"| {m['config']['l1']:g} | {last['val_acc']:.2f}% | {last['val_loss']:.4f} "
+                     f"| {last['test_acc']:.2f}% |")
+    return "\n".join(lines)
+
+
+def speed_section(path=RESULTS / "bench_cpu.json"):
+    report = json.loads(Path(path).read_text())
+    hw, args = report["hardware"], report["args"]
+    lines = [f"{hw['processor']}, {hw['cpu_count']} cores ({hw['torch_threads']} torch threads), torch "
+             f"{hw['torch']}; batch {args['batch_size']}, {args['steps']} timed steps x {args['reps']} "
+             f"repetitions after {args['warmup']} warm-up steps, medians:", "",
+             "| pipeline | train s/epoch (60k) | test s/pass (10k) | train images/s | peak memory MB "
+             "| % of matmul peak |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | {r['train_epoch_s']:.2f} | {r['test_pass_s']:.2f} | "
+                     f"{r['train_images_per_s']:,.0f} | {r['peak_memory_mb']:,.0f} | "
+                     f"{100 * r['fraction_of_matmul_peak']:.0f}% |")
+    lines += ["", f"ratio classic/ours per training epoch: **{report['ratio_classic_over_ours']:.2f}**; "
+              f"{report['flops_per_training_image'] / 1e6:.1f} MFLOP per training image; measured fp32 "
+              f"matmul peak {report['matmul_peak_tflops'] * 1000:.0f} GFLOP/s."]
+    return "\n".join(lines)
+
+
+def sections():
+    """{placeholder name: Markdown} of every generated README block."""
+    return {"NORM_EXAMPLE": norm_example_markdown(), "RESULTS": study_section(),
+            "L1_SWEEP": l1_sweep_section(), "SPEED": speed_section()}
+
+
+if __name__ == "__main__":
+    for name, text in sections().items():
+        print(f"<!-- {name} -->\n{text}\n")
