@@ -5,7 +5,8 @@
 
 Both pipelines train the same model (BN), batch size, optimizer and number of steps on the same
 device; each runs in its own process so peak memory is its own. Times are medians over
-repetitions after a warm-up (CUDA events on a GPU). Writes results/bench_<device>.json.
+repetitions after a warm-up (CUDA events on a GPU), in rounds that alternate the two pipelines; the
+ratio is the median over rounds. Writes results/bench_<device>.json.
 """
 import argparse
 import json
@@ -112,16 +113,26 @@ def measure(name, args):
     for _ in range(args.test_reps):
         with timed(device, test_times):
             test_pass(model, test_loader, device)
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"train_times_s": train_times, "test_times_s": test_times, "peak_memory_mb": peak / 2**20}
+
+
+def summarize(rounds, args):
+    """Medians over every repetition of every round, per pipeline."""
     steps_per_epoch = math.ceil(TRAIN_IMAGES / args.batch_size)
-    train_s = statistics.median(train_times)
-    return {
-        "train_epoch_s": train_s / args.steps * steps_per_epoch,
-        "test_pass_s": statistics.median(test_times),
-        "train_images_per_s": args.steps * args.batch_size / train_s,
-        "train_times_s": train_times, "test_times_s": test_times,
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
-                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
-    }
+    results = {}
+    for name in rounds[0]:
+        train_times = [t for r in rounds for t in r[name]["train_times_s"]]
+        train_s = statistics.median(train_times)
+        results[name] = {
+            "train_epoch_s": train_s / args.steps * steps_per_epoch,
+            "test_pass_s": statistics.median(t for r in rounds for t in r[name]["test_times_s"]),
+            "train_images_per_s": args.steps * args.batch_size / train_s,
+            "peak_memory_mb": max(r[name]["peak_memory_mb"] for r in rounds),
+            "train_times_s": train_times,
+        }
+    return results
 
 
 def flops_per_training_image(batch_size=64):
@@ -172,15 +183,22 @@ def main():
     p.add_argument("--reps", type=int, default=5, help="repetitions of the timed steps")
     p.add_argument("--test-reps", type=int, default=3, help="repetitions of the test pass")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of ours-then-classic; alternating cancels drifts of the machine's speed")
     p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers (unset: 2 on CUDA, 0 on CPU)")
     p.add_argument("--quick", action="store_true", help="fewer steps and repetitions (about a minute on 2 cores)")
     p.add_argument("--out", default=None, help="JSON path (unset: results/bench_<device>.json)")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.reps, args.test_reps, args.warmup = 60, 3, 1, 5
+        args.steps, args.reps, args.test_reps, args.warmup, args.rounds = 60, 2, 1, 5, 2
     device = torch.device(args.device)
+    rounds = []
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        results = {name: pool.apply(measure, (name, args)) for name in ("ours", "classic")}
+        for _ in range(args.rounds):
+            rounds.append({name: pool.apply(measure, (name, args)) for name in ("ours", "classic")})
+    results = summarize(rounds, args)
+    round_ratios = [statistics.median(r["classic"]["train_times_s"]) / statistics.median(r["ours"]["train_times_s"])
+                    for r in rounds]
     flops = flops_per_training_image(args.batch_size)
     peak = matmul_peak(device, 8192 if device.type == "cuda" else 2048)
     for r in results.values():
@@ -188,18 +206,19 @@ def main():
         r["fraction_of_matmul_peak"] = r["achieved_tflops"] * 1e12 / peak
     report = {"args": vars(args), "hardware": hardware(device), "flops_per_training_image": flops,
               "matmul_peak_tflops": peak / 1e12, "results": results,
-              "ratio_classic_over_ours": results["classic"]["train_epoch_s"] / results["ours"]["train_epoch_s"]}
+              "round_ratios": round_ratios, "ratio_classic_over_ours": statistics.median(round_ratios)}
     out = Path(args.out or f"results/bench_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{device} | {report['hardware']['processor']} | batch {args.batch_size} | {args.steps} steps x "
-          f"{args.reps} reps, medians | {flops / 1e6:.1f} MFLOP per training image | "
+    print(f"{device} | {report['hardware']['processor']} | batch {args.batch_size} | {args.rounds} rounds x "
+          f"{args.reps} reps x {args.steps} steps, medians | {flops / 1e6:.1f} MFLOP per training image | "
           f"matmul peak {peak / 1e12:.2f} TFLOP/s")
     print(f"{'pipeline':<9} {'train s/epoch':>14} {'test s/pass':>12} {'images/s':>10} {'peak MB':>9} {'% of peak':>10}")
     for name, r in results.items():
         print(f"{name:<9} {r['train_epoch_s']:>14.2f} {r['test_pass_s']:>12.3f} {r['train_images_per_s']:>10.0f} "
               f"{r['peak_memory_mb']:>9.0f} {100 * r['fraction_of_matmul_peak']:>9.1f}%")
     print(f"wrote {out}")
+    print(f"ratio per round: {', '.join(f'{r:.2f}' for r in round_ratios)}")
     print(f"ratio classic/ours: {report['ratio_classic_over_ours']:.2f}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
 from experiment import fit, new_run_dir, run_name, run_study, save_study, summary_table
+from model import WIDTHS
 from utils import STUDY_L1, Config, Interrupted, NonFiniteLoss, get_device
 
 RESUMABLE_ANYWHERE = {"data_dir", "out", "no_progress", "resume"}  # may differ on --resume
@@ -62,7 +63,8 @@ def check_args(parser, args):
              (args.batch_size >= 1, "--batch-size must be >= 1"),
              (args.lr > 0, "--lr must be > 0"),
              (args.l1 is None or args.l1 >= 0, "--l1 must be >= 0"),
-             (args.gn_groups >= 1, "--gn-groups must be >= 1"),
+             (args.gn_groups >= 1 and all(w % args.gn_groups == 0 for w in WIDTHS),
+              f"--gn-groups must divide every layer width {WIDTHS}, e.g. 1, 2 or 4"),
              (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
              (args.val_split >= 0 and args.train_subset >= 0,
               "--val-split and --train-subset must be >= 0")]

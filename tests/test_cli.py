@@ -43,6 +43,7 @@ def test_help_shows_every_default(tmp_path):
     (["--lr", "0"], "--lr must be > 0"),
     (["--lr", "-1"], "--lr must be > 0"),
     (["--l1", "-0.1"], "--l1 must be >= 0"),
+    (["--norm", "gn", "--gn-groups", "3"], "--gn-groups must divide every layer width"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(args, message, tiny_mnist, tmp_path):
     result = run_main(*args, "--data-dir", tiny_mnist, "--out", tmp_path / "runs", cwd=tmp_path)

@@ -19,7 +19,7 @@ def test_l1_covers_conv_weights_only_and_equals_hand_sum():
     by_hand = 0.0
     for m in convs:
         by_hand += sum(abs(float(w)) for w in m.weight.detach().flatten())
-    assert math.isclose(float(l1_penalty(model)), by_hand, rel_tol=1e-5)
+    assert math.isclose(l1_penalty(model).item(), by_hand, rel_tol=1e-5)
     not_covered = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
     assert not not_covered & {id(w) for w in covered}
 
