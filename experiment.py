@@ -91,7 +91,7 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
     After every epoch checkpoint.pt and metrics.json are rewritten atomically;
     model.pt (the final state_dict) is written at the end. Returns (metrics, model).
     """
-    run_dir, label = Path(run_dir), label or config.norm.upper()
+    run_dir, label = Path(run_dir), label or config.norm.upper() + ("+L1" if config.l1 else "")
     model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
     device = splits["train"][0].device
     metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),

@@ -107,24 +107,24 @@ def train(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=Fals
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    bar = tqdm(loader, desc="train", leave=False, disable=not progress, mininterval=0.5)
-    for step, (x, y) in enumerate(bar, start=1):
-        logits = model(x)
-        data_loss = F.cross_entropy(logits, y)
-        loss = (data_loss + l1_lambda * l1_penalty(model)) if l1_lambda else data_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += data_loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        if step % check_every == 0 or step == len(loader):
-            if not torch.isfinite(loss_sum + loss.detach()):  # any step since the last check
-                raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
-            if should_stop():
-                raise Interrupted(f"step {step}")
-            bar.set_postfix(loss=f"{loss_sum.item() / (step * len(y)):.4f}", refresh=False)
+    with tqdm(loader, desc="train", leave=False, disable=not progress, mininterval=0.5) as bar:
+        for step, (x, y) in enumerate(bar, start=1):  # `with` clears the bar on an exception too
+            logits = model(x)
+            data_loss = F.cross_entropy(logits, y)
+            loss = (data_loss + l1_lambda * l1_penalty(model)) if l1_lambda else data_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += data_loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if step % check_every == 0 or step == len(loader):
+                if not torch.isfinite(loss_sum + loss.detach()):  # any step since the last check
+                    raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
+                if should_stop():
+                    raise Interrupted(f"step {step}")
+                bar.set_postfix(loss=f"{loss_sum.item() / (step * len(y)):.4f}", refresh=False)
     n = loader.num_samples
     return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n}
 
