@@ -61,8 +61,9 @@ def _not_found_message(root, error):
     names = ", ".join(name for name, _ in datasets.MNIST.resources)
     bad = _bad_archives(folder)
     cause = f"Corrupt archive(s): {'; '.join(bad)}. " if bad else ""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"MNIST could not be loaded from {folder} ({first_line}). {cause}"
+    lines = str(error).strip().splitlines()  # torchvision lists each mirror's error; keep the last
+    last = lines[-1].strip() if lines else type(error).__name__
+    return (f"MNIST could not be loaded from {folder} (last error: {last}). {cause}"
             f"torchvision tried its mirrors ({', '.join(datasets.MNIST.mirrors)}). "
             f"Without a network, place the four files {names} in {folder} "
             f"(torchvision checks their md5 and unpacks them), or point --data-dir / "
