@@ -94,7 +94,7 @@ def test_pass(model, loader, device):
 
 
 def measure(name, args):
-    """Runs in a child process: medians of train-step and test-pass times for one pipeline."""
+    """Runs in a child process: train-step and test-pass times and peak memory of one pipeline."""
     from model import Net
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -166,11 +166,18 @@ def summary_table(summary):
     return "\n".join(lines)
 
 
+def by_variant(runs):
+    """{label: [runs of that variant]}, labels in the order they first appear."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run["variant"], []).append(run)
+    return groups
+
+
 def summarize(runs):
     """Per variant: params and mean/std/min/max of the final test accuracy over seeds, and more."""
     summary = {}
-    for label in dict.fromkeys(run["variant"] for run in runs):
-        group = [run for run in runs if run["variant"] == label]
+    for label, group in by_variant(runs).items():
         final = [run["epochs"][-1]["test_acc"] for run in group]
         curves = np.array([[row["test_acc"] for row in run["epochs"]] for run in group])
         mean_curve = curves.mean(0)

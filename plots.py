@@ -5,20 +5,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader
+from experiment import VARIANTS, by_variant
 from utils import collect_misclassified
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
 COLORS = {"GN": "tab:blue", "LN": "tab:orange", "BN+L1": "tab:green"}
-FILE_KEYS = {"GN": "gn", "LN": "ln", "BN+L1": "bn_l1"}
+FILE_KEYS = {label: key for key, (label, _) in VARIANTS.items()}  # "BN+L1" -> "bn_l1"
 
 
 def curves(runs, key):
     """{label: (params, epochs x seeds array)} of metric `key` for every variant in `runs`."""
-    out = {}
-    for label in dict.fromkeys(run["variant"] for run in runs):
-        group = [run for run in runs if run["variant"] == label]
-        out[label] = (group[0]["params"], np.array([[row[key] for row in run["epochs"]] for run in group]).T)
-    return out
+    return {label: (group[0]["params"], np.array([[row[key] for row in run["epochs"]] for run in group]).T)
+            for label, group in by_variant(runs).items()}
 
 
 def zoom(means, percent):
