@@ -6,7 +6,7 @@ import numpy as np
 
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader
 from experiment import VARIANTS, by_variant
-from utils import collect_misclassified
+from utils import collect_misclassified, eval_batch_size
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
 COLORS = {"GN": "tab:blue", "LN": "tab:orange", "BN+L1": "tab:green"}
@@ -102,7 +102,7 @@ def study_figures(runs, models, test_split):
                                      percent=True),
         "train_vs_test": plot_train_vs_test(runs),
     }
-    loader = DeviceLoader(*test_split, batch_size=1000)
+    loader = DeviceLoader(*test_split, batch_size=eval_batch_size(test_split[0].device))
     for label, model in models.items():
         first_seed = next(run for run in runs if run["variant"] == label)
         found = collect_misclassified(model, loader, limit=10)
