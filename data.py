@@ -85,9 +85,13 @@ def load_mnist_split(root, train):
 
 
 def to_device(images, labels, device):
-    """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28) on `device`."""
-    x = (images.float().div(255).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)
-    return x.to(device), labels.to(device)
+    """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28) on `device`.
+
+    The uint8 images travel to the device and are converted there, in place: one float copy
+    of the split ever exists, a quarter of the transfer to a GPU.
+    """
+    x = images.to(device).float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return x, labels.to(device)
 
 
 def load_mnist(root, device, val_split=0, train_subset=0):

@@ -12,7 +12,7 @@ import torch
 from data import DeviceLoader
 from model import Net, count_parameters
 from utils import (STUDY_L1, Interrupted, NonFiniteLoss, save_json, save_torch,
-                   eval_batch_size, set_seed, stop_requests, test, train)
+                   eval_batch_size, keep_freed_memory, set_seed, stop_requests, test, train)
 
 # key -> (label on figures, settings that differ from the shared recipe)
 VARIANTS = {
@@ -43,6 +43,8 @@ def build(config, splits):
     """Model, loaders, Adam and its one-cycle schedule for `config`, seeded."""
     set_seed(config.seed)
     device = splits["train"][0].device
+    if device.type == "cpu":
+        keep_freed_memory()
     model = Net(config.norm, config.gn_groups, config.dropout).to(device)
     train_loader = DeviceLoader(*splits["train"], config.batch_size, shuffle=True,
                                 degrees=config.degrees, shift=config.shift, seed=config.seed)
@@ -92,6 +94,7 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
     model.pt (the final state_dict) is written at the end. Returns (metrics, model).
     """
     run_dir, label = Path(run_dir), label or config.norm.upper() + ("+L1" if config.l1 else "")
+    run_dir.mkdir(parents=True, exist_ok=True)
     model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
     device = splits["train"][0].device
     metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
@@ -100,17 +103,18 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
         metrics = restore(state, model, optimizer, scheduler, train_loader)
     check_every = 1 if device.type == "cpu" else 50  # each check waits for the device
+    step_model = torch.compile(model) if config.compile else model  # checkpoints keep `model`'s names
     with stop_requests() as should_stop:
         for epoch in range(len(metrics["epochs"]) + 1, config.epochs + 1):
             start = time.perf_counter()
             try:
-                result = train(model, train_loader, optimizer, scheduler, config.l1, progress,
+                result = train(step_model, train_loader, optimizer, scheduler, config.l1, progress,
                                should_stop, check_every)
             except (NonFiniteLoss, Interrupted) as error:
                 raise type(error)(f"{label} epoch {epoch}, {error}", run_dir) from None
             row = {"epoch": epoch, "train_loss": result["loss"], "train_acc": result["acc"]}
             for name, loader in eval_loaders.items():
-                result = test(model, loader)
+                result = test(step_model, loader)
                 row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
             row["seconds"] = time.perf_counter() - start
             metrics["epochs"].append(row)

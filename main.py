@@ -40,6 +40,8 @@ def make_parser():
     add("--train-subset", type=int, default=d.train_subset, help="train on the first N images (0: all)")
     add("--data-dir", default=None, help=f"MNIST root; unset: ${DATA_DIR_ENV}, else ./data")
     add("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add("--compile", action="store_true", default=d.compile,
+        help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay, see README)")
     add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
     add("--results", default="results", help="folder for the study's combined results JSON")
     add("--images", default="images", help="folder for the study's figures")
