@@ -1,12 +1,22 @@
 """Speed: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
 
-    python bench.py --device cpu --data-dir ../shared/mnist            # full measurement
-    python bench.py --quick --device cpu --data-dir ../shared/mnist    # about a minute on 2 cores
+    python bench.py --device cpu --data-dir ../shared/mnist                        # full measurement
+    python bench.py --quick --device cpu --data-dir ../shared/mnist                # about a minute on 2 cores
+    python bench.py --lever channels_last --device cpu --data-dir ../shared/mnist  # try one speed lever
 
-Both pipelines train the same model (BN), batch size, optimizer and number of steps on the same
-device; each runs in its own process so peak memory is its own. Times are medians over
-repetitions after a warm-up (CUDA events on a GPU), in rounds that alternate the two pipelines; the
-ratio is the median over rounds. Writes results/bench_<device>.json.
+Every pipeline trains the same model with the same batch size and optimizer on the same device:
+  ours     this repo's pipeline (data on the device, batched augmentation);
+  model    the same training step on one fixed batch, with no data pipeline at all: the floor no
+           data pipeline can beat, so classic/model bounds the ratio that any pipeline could reach;
+  classic  torchvision MNIST, per-image PIL transforms and a DataLoader, as the typical solutions do.
+All three live in one process and take turns, round after round (a block of training steps and a
+test pass each, the order rotating), so a drift in the machine's speed hits them alike; times are
+medians over rounds (CUDA events on a GPU) and the ratio is the median of the per-round ratios.
+Peak memory comes from a fresh process per pipeline. `--lever` applies one speed setting to ours and
+model (classic stays as published); `--norm` picks the model's normalization (BN by default). On a
+CPU the process uses this repo's allocator setting (utils.keep_freed_memory), classic included, since
+it is process-wide; `--malloc default` measures without it. Writes
+results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when not the default).
 """
 import argparse
 import json
@@ -17,13 +27,18 @@ import platform
 import resource
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+PIPELINES = ("ours", "model", "classic")
+LEVERS = ("none", "channels_last", "compile", "one_thread", "bf16")
+THREADS = torch.get_num_threads()  # torch's default for this machine
 
 
 @contextmanager
@@ -49,7 +64,14 @@ def ours(args, device):
     c = Config()
     splits = load_mnist(args.data_dir, device)
     train = DeviceLoader(*splits["train"], args.batch_size, shuffle=True, degrees=c.degrees, shift=c.shift)
-    return train, DeviceLoader(*splits["test"], eval_batch_size(device))
+    return batches(train, device), DeviceLoader(*splits["test"], eval_batch_size(device))
+
+
+def model_only(args, device):
+    """One batch of ours for training and one for testing, repeated: no data pipeline at all."""
+    train, test = ours(args, device)
+    x_test, y_test = next(iter(test))
+    return repeat(next(train)), [(x_test, y_test)] * len(test)
 
 
 def classic(args, device):
@@ -62,8 +84,8 @@ def classic(args, device):
         [transforms.RandomRotation((-7.0, 7.0), fill=(0,)), *normalize]))
     test_set = datasets.MNIST(args.data_dir, train=False, transform=transforms.Compose(normalize))
     workers = args.classic_workers if args.classic_workers is not None else (2 if device.type == "cuda" else 0)
-    kw = dict(batch_size=args.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    return (torch.utils.data.DataLoader(train_set, shuffle=True, **kw),
+    kw = {"batch_size": args.batch_size, "num_workers": workers, "pin_memory": device.type == "cuda"}
+    return (batches(torch.utils.data.DataLoader(train_set, shuffle=True, **kw), device),
             torch.utils.data.DataLoader(test_set, shuffle=False, **kw))
 
 
@@ -74,73 +96,127 @@ def batches(loader, device):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def train_steps(model, optimizer, stream, steps):
-    model.train()
-    for _ in range(steps):
-        x, y = next(stream)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+@dataclass
+class Pipeline:
+    """One pipeline, ready to time: its data, its own model and optimizer, and its speed settings."""
+    stream: object
+    test_loader: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    autocast: object = nullcontext
+    threads: int = THREADS
+    warmup_s: float = 0.0
+
+    def train_steps(self, steps):
+        torch.set_num_threads(self.threads)
+        self.model.train()
+        for _ in range(steps):
+            x, y = next(self.stream)
+            with self.autocast():
+                loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def test_pass(self):
+        torch.set_num_threads(self.threads)
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for x, y in self.test_loader:
+            with self.autocast():
+                correct += (self.model(x.to(device)).argmax(1) == y.to(device)).sum()
+        return correct.item()
 
 
-@torch.no_grad()
-def test_pass(model, loader, device):
-    model.eval()
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in loader:
-        correct += (model(x.to(device)).argmax(1) == y.to(device)).sum()
-    return correct.item()
-
-
-def measure(name, args):
-    """Runs in a child process: train-step and test-pass times and peak memory of one pipeline."""
+def make_pipeline(name, args, device):
+    """The named pipeline with `args.lever` applied (to ours and model only), warmed up."""
     from model import Net
     torch.manual_seed(0)
+    stream, test_loader = {"ours": ours, "model": model_only, "classic": classic}[name](args, device)
+    model, lever = Net(args.norm).to(device), args.lever if name != "classic" else "none"
+    pipeline = Pipeline(stream, test_loader, model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    if lever == "one_thread":
+        pipeline.threads = 1
+    elif lever == "channels_last":
+        pipeline.model = model.to(memory_format=torch.channels_last)
+    elif lever == "compile":
+        pipeline.model = torch.compile(model)
+    elif lever == "bf16":
+        pipeline.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    start = time.perf_counter()
+    pipeline.train_steps(args.warmup)
+    pipeline.test_pass()
+    pipeline.warmup_s = time.perf_counter() - start
+    return pipeline
+
+
+def set_allocator(args):
+    """This repo's CPU allocator setting (utils.keep_freed_memory), process-wide: every pipeline gets it."""
+    from utils import keep_freed_memory
+    if args.malloc == "keep" and args.device == "cpu":
+        keep_freed_memory()
+
+
+def peak_memory(name, args):
+    """Runs in a fresh process: peak memory (MB) of warming one pipeline up and one more test pass."""
+    set_allocator(args)
     device = torch.device(args.device)
-    train_loader, test_loader = (ours if name == "ours" else classic)(args, device)
-    model = Net("bn").to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stream = batches(train_loader, device)
-    train_steps(model, optimizer, stream, args.warmup)
-    test_pass(model, test_loader, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    train_times, test_times = [], []
-    for _ in range(args.reps):
-        with timed(device, train_times):
-            train_steps(model, optimizer, stream, args.steps)
-    for _ in range(args.test_reps):
-        with timed(device, test_times):
-            test_pass(model, test_loader, device)
+    make_pipeline(name, args, device).test_pass()
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"train_times_s": train_times, "test_times_s": test_times, "peak_memory_mb": peak / 2**20}
+    return peak / 2**20
 
 
-def summarize(rounds, args):
-    """Medians over every repetition of every round, per pipeline."""
-    steps_per_epoch = math.ceil(TRAIN_IMAGES / args.batch_size)
+def time_rounds(args, device):
+    """{name: {'train_times_s': [...], 'test_times_s': [...], 'warmup_s'}}, one time per round each."""
+    set_allocator(args)
+    pipelines = {name: make_pipeline(name, args, device) for name in PIPELINES}
+    times = {name: {"train_times_s": [], "test_times_s": [], "warmup_s": p.warmup_s}
+             for name, p in pipelines.items()}
+    for round_ in range(args.rounds):
+        order = PIPELINES[round_ % len(PIPELINES):] + PIPELINES[:round_ % len(PIPELINES)]
+        for name in order:
+            with timed(device, times[name]["train_times_s"]):
+                pipelines[name].train_steps(args.steps)
+            with timed(device, times[name]["test_times_s"]):
+                pipelines[name].test_pass()
+    torch.set_num_threads(THREADS)
+    return times
+
+
+def epoch_seconds(train_step_block_s, test_pass_s, args):
+    """(train s/epoch, test s/pass): a block of args.steps training steps scaled to the full 60k."""
+    return train_step_block_s / args.steps * math.ceil(TRAIN_IMAGES / args.batch_size), test_pass_s
+
+
+def summarize(times, args):
+    """Medians over rounds, per pipeline, and the per-round epoch ratios (epoch = train + test)."""
     results = {}
-    for name in rounds[0]:
-        train_times = [t for r in rounds for t in r[name]["train_times_s"]]
-        train_s = statistics.median(train_times)
-        results[name] = {
-            "train_epoch_s": train_s / args.steps * steps_per_epoch,
-            "test_pass_s": statistics.median(t for r in rounds for t in r[name]["test_times_s"]),
-            "train_images_per_s": args.steps * args.batch_size / train_s,
-            "peak_memory_mb": max(r[name]["peak_memory_mb"] for r in rounds),
-            "train_times_s": train_times,
-        }
+    for name, t in times.items():
+        train_epoch_s, test_pass_s = epoch_seconds(statistics.median(t["train_times_s"]),
+                                                   statistics.median(t["test_times_s"]), args)
+        results[name] = {"train_epoch_s": train_epoch_s, "test_pass_s": test_pass_s,
+                         "epoch_s": train_epoch_s + test_pass_s,
+                         "train_images_per_s": args.steps * args.batch_size / statistics.median(t["train_times_s"]),
+                         **t}
     return results
 
 
-def flops_per_training_image(batch_size=64):
+def ratios(times, args, slower, faster):
+    """Per round: epoch time (train + test) of `slower` / that of `faster`."""
+    def epoch(name, i):
+        return sum(epoch_seconds(times[name]["train_times_s"][i], times[name]["test_times_s"][i], args))
+    return [epoch(slower, i) / epoch(faster, i) for i in range(len(times[slower]["train_times_s"]))]
+
+
+def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import Net
-    model, x = Net("bn"), torch.randn(batch_size, 1, 28, 28)
+    model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / batch_size
@@ -178,47 +254,58 @@ def main():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
     p.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "data"), help="MNIST root")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size of both pipelines")
-    p.add_argument("--steps", type=int, default=200, help="timed training steps per repetition")
-    p.add_argument("--reps", type=int, default=5, help="repetitions of the timed steps")
-    p.add_argument("--test-reps", type=int, default=3, help="repetitions of the test pass")
-    p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of ours-then-classic; alternating cancels drifts of the machine's speed")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size of every pipeline")
+    p.add_argument("--steps", type=int, default=200, help="timed training steps per pipeline and round")
+    p.add_argument("--rounds", type=int, default=10, help="rounds; each times every pipeline once")
+    p.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
     p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers (unset: 2 on CUDA, 0 on CPU)")
-    p.add_argument("--quick", action="store_true", help="fewer steps and repetitions (about a minute on 2 cores)")
-    p.add_argument("--out", default=None, help="JSON path (unset: results/bench_<device>.json)")
+    p.add_argument("--lever", choices=LEVERS, default="none", help="speed setting applied to ours and model")
+    p.add_argument("--norm", choices=("bn", "gn", "ln"), default="bn", help="normalization of the model")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
+    p.add_argument("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
+    p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.reps, args.test_reps, args.warmup, args.rounds = 60, 2, 1, 5, 2
+        args.steps, args.rounds, args.warmup = 60, 6, 5
     device = torch.device(args.device)
-    rounds = []
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        for _ in range(args.rounds):
-            rounds.append({name: pool.apply(measure, (name, args)) for name in ("ours", "classic")})
-    results = summarize(rounds, args)
-    round_ratios = [statistics.median(r["classic"]["train_times_s"]) / statistics.median(r["ours"]["train_times_s"])
-                    for r in rounds]
-    flops = flops_per_training_image(args.batch_size)
+        peaks = {name: pool.apply(peak_memory, (name, args)) for name in PIPELINES}
+    times = time_rounds(args, device)
+    results = summarize(times, args)
+    flops = flops_per_training_image(args.batch_size, args.norm)
     peak = matmul_peak(device, 8192 if device.type == "cuda" else 2048)
-    for r in results.values():
+    for name, r in results.items():
+        r["peak_memory_mb"] = peaks[name]
         r["achieved_tflops"] = flops * r["train_images_per_s"] / 1e12
         r["fraction_of_matmul_peak"] = r["achieved_tflops"] * 1e12 / peak
+    round_ratios = ratios(times, args, "classic", "ours")
     report = {"args": vars(args), "hardware": hardware(device), "flops_per_training_image": flops,
-              "matmul_peak_tflops": peak / 1e12, "results": results,
-              "round_ratios": round_ratios, "ratio_classic_over_ours": statistics.median(round_ratios)}
-    out = Path(args.out or f"results/bench_{device.type}.json")
+              "matmul_peak_tflops": peak / 1e12, "results": results, "round_ratios": round_ratios,
+              "ratio_classic_over_ours": statistics.median(round_ratios),
+              "ratio_classic_over_model": statistics.median(ratios(times, args, "classic", "model"))}
+    suffix = "".join(f"_{v}" for v, default in ((args.norm, "bn"), (args.lever, "none")) if v != default)
+    suffix += "_malloc_default" if args.malloc == "default" else ""
+    out = Path(args.out or f"results/bench_{device.type}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{device} | {report['hardware']['processor']} | batch {args.batch_size} | {args.rounds} rounds x "
-          f"{args.reps} reps x {args.steps} steps, medians | {flops / 1e6:.1f} MFLOP per training image | "
-          f"matmul peak {peak / 1e12:.2f} TFLOP/s")
-    print(f"{'pipeline':<9} {'train s/epoch':>14} {'test s/pass':>12} {'images/s':>10} {'peak MB':>9} {'% of peak':>10}")
-    for name, r in results.items():
-        print(f"{name:<9} {r['train_epoch_s']:>14.2f} {r['test_pass_s']:>12.3f} {r['train_images_per_s']:>10.0f} "
-              f"{r['peak_memory_mb']:>9.0f} {100 * r['fraction_of_matmul_peak']:>9.1f}%")
+    print_report(report, out)
+
+
+def print_report(report, out):
+    args, flops, peak = report["args"], report["flops_per_training_image"], report["matmul_peak_tflops"]
+    print(f"{args['device']} | {report['hardware']['processor']} | {args['norm'].upper()} | batch "
+          f"{args['batch_size']} | lever {args['lever']} | {args['rounds']} rounds x {args['steps']} steps, medians | "
+          f"{flops / 1e6:.1f} MFLOP per training image | matmul peak {peak:.2f} TFLOP/s")
+    print(f"{'pipeline':<9} {'train s/epoch':>14} {'test s/pass':>12} {'epoch s':>8} {'images/s':>9} "
+          f"{'peak MB':>8} {'% of peak':>10}")
+    for name, r in report["results"].items():
+        print(f"{name:<9} {r['train_epoch_s']:>14.2f} {r['test_pass_s']:>12.3f} {r['epoch_s']:>8.2f} "
+              f"{r['train_images_per_s']:>9.0f} {r['peak_memory_mb']:>8.0f} "
+              f"{100 * r['fraction_of_matmul_peak']:>9.1f}%")
     print(f"wrote {out}")
-    print(f"ratio per round: {', '.join(f'{r:.2f}' for r in round_ratios)}")
+    print(f"bound for any data pipeline, classic/model: {report['ratio_classic_over_model']:.2f}")
+    print(f"epoch ratio per round: {', '.join(f'{r:.2f}' for r in report['round_ratios'])}")
     print(f"ratio classic/ours: {report['ratio_classic_over_ours']:.2f}")
 
 

@@ -2,20 +2,44 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from bench import ratios, summarize
 from conftest import ROOT
 
 
-def test_bench_runs_both_pipelines_and_reports_the_ratio(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("lever", ["none", "bf16"])
+def test_bench_runs_every_pipeline_and_reports_the_ratio(tiny_mnist, tmp_path, lever):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--device", "cpu", "--data-dir",
-                             str(tiny_mnist), "--steps", "3", "--reps", "2", "--test-reps", "1",
-                             "--warmup", "1", "--rounds", "2", "--out", str(out)],
+                             str(tiny_mnist), "--steps", "3", "--rounds", "3", "--warmup", "1",
+                             "--lever", lever, "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("ratio classic/ours: ") and float(last.split(": ")[1]) > 0
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"ours", "classic"}
+    assert report["args"]["lever"] == lever
+    assert set(report["results"]) == {"ours", "model", "classic"}
     for r in report["results"].values():
-        assert len(r["train_times_s"]) == 2 * 2 and r["train_epoch_s"] > 0 and r["peak_memory_mb"] > 0
+        assert len(r["train_times_s"]) == len(r["test_times_s"]) == 3
+        assert r["train_epoch_s"] > 0 and r["peak_memory_mb"] > 0
+        assert r["epoch_s"] == pytest.approx(r["train_epoch_s"] + r["test_pass_s"])
+    assert len(report["round_ratios"]) == 3 and report["ratio_classic_over_model"] > 0
     assert 1e6 < report["flops_per_training_image"] < 1e8 and report["hardware"]["cpu_count"] >= 1
+
+
+class Args:
+    steps, batch_size = 10, 64  # 938 steps per 60k epoch
+
+
+def test_epoch_ratio_counts_the_test_pass_and_scales_steps_to_an_epoch():
+    times = {"ours": {"train_times_s": [1.0, 3.0, 2.0], "test_times_s": [0.5, 0.5, 0.5], "warmup_s": 0.1},
+             "classic": {"train_times_s": [4.0, 4.0, 4.0], "test_times_s": [1.0, 5.0, 2.0], "warmup_s": 0.1}}
+    # epoch = time of 10 steps / 10 x 938 steps + one test pass, round by round
+    assert ratios(times, Args, "classic", "ours") == pytest.approx(
+        [(0.4 * 938 + c) / (o / 10 * 938 + 0.5) for o, c in [(1.0, 1.0), (3.0, 5.0), (2.0, 2.0)]])
+    results = summarize(times, Args)
+    assert results["ours"]["train_epoch_s"] == pytest.approx(0.2 * 938)
+    assert results["classic"]["epoch_s"] == pytest.approx(0.4 * 938 + 2.0)
+    assert results["ours"]["train_images_per_s"] == pytest.approx(10 * 64 / 2.0)
