@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+TRAIN_IMAGES = 60_000
 PIPELINES = ("ours", "model", "classic")
 LEVERS = ("none", "channels_last", "compile", "one_thread", "bf16")
 THREADS = torch.get_num_threads()  # torch's default for this machine
