@@ -192,7 +192,7 @@ def epoch_seconds(train_step_block_s, test_pass_s, args):
 
 
 def summarize(times, args):
-    """Medians over rounds, per pipeline, and the per-round epoch ratios (epoch = train + test)."""
+    """Per pipeline: epoch, train and test times (medians over rounds), images/s, and the raw times."""
     results = {}
     for name, t in times.items():
         train_epoch_s, test_pass_s = epoch_seconds(statistics.median(t["train_times_s"]),
