@@ -233,15 +233,8 @@ def matmul_peak(device, size, reps=5):
     return 2 * size**3 / min(times)
 
 
-def cpu_name():
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def hardware(device):
+    from utils import cpu_name
     info = {"platform": platform.platform(), "processor": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":

@@ -11,7 +11,7 @@ import torch
 
 from data import DeviceLoader
 from model import Net, count_parameters
-from utils import (STUDY_L1, Interrupted, NonFiniteLoss, save_json, save_torch,
+from utils import (STUDY_L1, Interrupted, NonFiniteLoss, cpu_name, save_json, save_torch,
                    eval_batch_size, keep_freed_memory, set_seed, stop_requests, test, train)
 
 # key -> (label on figures, settings that differ from the shared recipe)
@@ -98,7 +98,8 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
     model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
     device = splits["train"][0].device
     metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
-               "torch": torch.__version__, "epochs": []}
+               "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "epochs": []}
     if (run_dir / "checkpoint.pt").exists():
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
         metrics = restore(state, model, optimizer, scheduler, train_loader)

@@ -2,6 +2,7 @@
 import ctypes
 import json
 import os
+import platform
 import random
 import signal
 from contextlib import contextmanager
@@ -59,6 +60,15 @@ def get_device(name="auto"):
         raise ValueError(f"--device {name} was asked for, but this PyTorch build sees no "
                          f"{name.upper()} device here; use --device auto or --device cpu")
     return torch.device(name)
+
+
+def cpu_name():
+    """The CPU's model name (results reproduce bit for bit only on the same CPU, torch and threads)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def keep_freed_memory():

@@ -17,7 +17,7 @@ def test_smoke_run_writes_metrics_in_the_schema(tiny_mnist, tmp_path):
     assert "epoch  2/2" in result.stdout
     run_dir = tmp_path / "gn_seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"config", "params", "device", "torch", "epochs"}
+    assert set(metrics) == {"config", "params", "device", "torch", "cpu", "threads", "epochs"}
     assert ALL_FLAGS <= set(metrics["config"]) and metrics["config"]["norm"] == "gn"
     assert metrics["params"] < 8000 and metrics["device"] == "cpu"
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
