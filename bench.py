@@ -1,8 +1,8 @@
 """Speed: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
 
-    python bench.py --device cpu --data-dir ../shared/mnist                        # full measurement
-    python bench.py --quick --device cpu --data-dir ../shared/mnist                # about a minute on 2 cores
-    python bench.py --lever channels_last --device cpu --data-dir ../shared/mnist  # try one speed lever
+    python bench.py --device cpu --data-dir DIR                        # full measurement
+    python bench.py --quick --device cpu --data-dir DIR                # about a minute on 2 cores
+    python bench.py --lever channels_last --device cpu --data-dir DIR  # try one speed lever
 
 Every pipeline trains the same model with the same batch size and optimizer on the same device:
   ours     this repo's pipeline (data on the device, batched augmentation);
@@ -14,7 +14,7 @@ test pass each, the order rotating), so a drift in the machine's speed hits them
 medians over rounds (CUDA events on a GPU) and the ratio is the median of the per-round ratios.
 Peak memory comes from a fresh process per pipeline. `--lever` applies one speed setting to ours and
 model (classic stays as published); `--norm` picks the model's normalization (BN by default). On a
-CPU the process uses this repo's allocator setting (utils.keep_freed_memory), classic included, since
+CPU the process uses this repo's allocator setting (system.keep_freed_memory), classic included, since
 it is process-wide; `--malloc default` measures without it. Writes
 results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when not the default).
 """
@@ -34,11 +34,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, load_mnist
+from model import NORMS, Net
+from system import cpu_name, keep_freed_memory
+from utils import Config, eval_batch_size
 
 TRAIN_IMAGES = 60_000
 PIPELINES = ("ours", "model", "classic")
 LEVERS = ("none", "channels_last", "compile", "one_thread", "bf16")
 THREADS = torch.get_num_threads()  # torch's default for this machine
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What building a pipeline needs; a fresh process (peak memory) receives it whole."""
+    device: str
+    data_dir: str
+    batch_size: int
+    norm: str
+    lever: str
+    warmup: int
+    classic_workers: int
+    malloc: str
 
 
 @contextmanager
@@ -57,34 +77,28 @@ def timed(device, times):
         times.append(time.perf_counter() - start)
 
 
-def ours(args, device):
+def ours(data_dir, batch_size, device):
     """(train batches, test batches) of this repo: tensors on the device, batched augmentation."""
-    from data import DeviceLoader, load_mnist
-    from utils import Config, eval_batch_size
     c = Config()
-    splits = load_mnist(args.data_dir, device)
-    train = DeviceLoader(*splits["train"], args.batch_size, shuffle=True, degrees=c.degrees, shift=c.shift)
+    splits = load_mnist(data_dir, device)
+    train = DeviceLoader(*splits["train"], batch_size, shuffle=True, degrees=c.degrees, shift=c.shift)
     return batches(train, device), DeviceLoader(*splits["test"], eval_batch_size(device))
 
 
-def model_only(args, device):
+def model_only(data_dir, batch_size, device):
     """One batch of ours for training and one for testing, repeated: no data pipeline at all."""
-    train, test = ours(args, device)
+    train, test = ours(data_dir, batch_size, device)
     x_test, y_test = next(iter(test))
     return repeat(next(train)), [(x_test, y_test)] * len(test)
 
 
-def classic(args, device):
+def classic(data_dir, batch_size, device, workers):
     """The published solutions' way: torchvision MNIST, per-image PIL transforms, a DataLoader."""
-    from torchvision import datasets, transforms
-
-    from data import MNIST_MEAN, MNIST_STD
     normalize = [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
-    train_set = datasets.MNIST(args.data_dir, train=True, download=True, transform=transforms.Compose(
+    train_set = datasets.MNIST(data_dir, train=True, download=True, transform=transforms.Compose(
         [transforms.RandomRotation((-7.0, 7.0), fill=(0,)), *normalize]))
-    test_set = datasets.MNIST(args.data_dir, train=False, transform=transforms.Compose(normalize))
-    workers = args.classic_workers if args.classic_workers is not None else (2 if device.type == "cuda" else 0)
-    kw = {"batch_size": args.batch_size, "num_workers": workers, "pin_memory": device.type == "cuda"}
+    test_set = datasets.MNIST(data_dir, train=False, transform=transforms.Compose(normalize))
+    kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": device.type == "cuda"}
     return (batches(torch.utils.data.DataLoader(train_set, shuffle=True, **kw), device),
             torch.utils.data.DataLoader(test_set, shuffle=False, **kw))
 
@@ -130,12 +144,15 @@ class Pipeline:
         return correct.item()
 
 
-def make_pipeline(name, args, device):
-    """The named pipeline with `args.lever` applied (to ours and model only), warmed up."""
-    from model import Net
+def make_pipeline(name, spec):
+    """The named pipeline with `spec.lever` applied (to ours and model only), warmed up."""
     torch.manual_seed(0)
-    stream, test_loader = {"ours": ours, "model": model_only, "classic": classic}[name](args, device)
-    model, lever = Net(args.norm).to(device), args.lever if name != "classic" else "none"
+    device = torch.device(spec.device)
+    if name == "classic":
+        stream, test_loader = classic(spec.data_dir, spec.batch_size, device, spec.classic_workers)
+    else:
+        stream, test_loader = {"ours": ours, "model": model_only}[name](spec.data_dir, spec.batch_size, device)
+    model, lever = Net(spec.norm).to(device), spec.lever if name != "classic" else "none"
     pipeline = Pipeline(stream, test_loader, model, torch.optim.Adam(model.parameters(), lr=1e-3))
     if lever == "one_thread":
         pipeline.threads = 1
@@ -146,76 +163,70 @@ def make_pipeline(name, args, device):
     elif lever == "bf16":
         pipeline.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     start = time.perf_counter()
-    pipeline.train_steps(args.warmup)
+    pipeline.train_steps(spec.warmup)
     pipeline.test_pass()
     pipeline.warmup_s = time.perf_counter() - start
     return pipeline
 
 
-def set_allocator(args):
-    """This repo's CPU allocator setting (utils.keep_freed_memory), process-wide: every pipeline gets it."""
-    from utils import keep_freed_memory
-    if args.malloc == "keep" and args.device == "cpu":
+def set_allocator(spec):
+    """This repo's CPU allocator setting, process-wide, so every pipeline gets it (see system.py)."""
+    if spec.malloc == "keep" and spec.device == "cpu":
         keep_freed_memory()
 
 
-def peak_memory(name, args):
+def peak_memory(name, spec):
     """Runs in a fresh process: peak memory (MB) of warming one pipeline up and one more test pass."""
-    set_allocator(args)
-    device = torch.device(args.device)
-    make_pipeline(name, args, device).test_pass()
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else
+    set_allocator(spec)
+    make_pipeline(name, spec).test_pass()
+    peak = (torch.cuda.max_memory_allocated() if spec.device == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return peak / 2**20
 
 
-def time_rounds(args, device):
+def time_rounds(pipelines, rounds, steps, device):
     """{name: {'train_times_s': [...], 'test_times_s': [...], 'warmup_s'}}, one time per round each."""
-    set_allocator(args)
-    pipelines = {name: make_pipeline(name, args, device) for name in PIPELINES}
     times = {name: {"train_times_s": [], "test_times_s": [], "warmup_s": p.warmup_s}
              for name, p in pipelines.items()}
-    for round_ in range(args.rounds):
-        order = PIPELINES[round_ % len(PIPELINES):] + PIPELINES[:round_ % len(PIPELINES)]
-        for name in order:
+    names = list(pipelines)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # rotating order
             with timed(device, times[name]["train_times_s"]):
-                pipelines[name].train_steps(args.steps)
+                pipelines[name].train_steps(steps)
             with timed(device, times[name]["test_times_s"]):
                 pipelines[name].test_pass()
     torch.set_num_threads(THREADS)
     return times
 
 
-def epoch_seconds(train_step_block_s, test_pass_s, args):
-    """(train s/epoch, test s/pass): a block of args.steps training steps scaled to the full 60k."""
-    return train_step_block_s / args.steps * math.ceil(TRAIN_IMAGES / args.batch_size), test_pass_s
+def epoch_seconds(train_step_block_s, test_pass_s, steps, batch_size):
+    """(train s/epoch, test s/pass): a block of `steps` training steps scaled to the full 60k."""
+    return train_step_block_s / steps * math.ceil(TRAIN_IMAGES / batch_size), test_pass_s
 
 
-def summarize(times, args):
+def summarize(times, steps, batch_size):
     """Per pipeline: epoch, train and test times (medians over rounds), images/s, and the raw times."""
     results = {}
     for name, t in times.items():
         train_epoch_s, test_pass_s = epoch_seconds(statistics.median(t["train_times_s"]),
-                                                   statistics.median(t["test_times_s"]), args)
+                                                   statistics.median(t["test_times_s"]), steps, batch_size)
         results[name] = {"train_epoch_s": train_epoch_s, "test_pass_s": test_pass_s,
                          "epoch_s": train_epoch_s + test_pass_s,
-                         "train_images_per_s": args.steps * args.batch_size / statistics.median(t["train_times_s"]),
+                         "train_images_per_s": steps * batch_size / statistics.median(t["train_times_s"]),
                          **t}
     return results
 
 
-def ratios(times, args, slower, faster):
+def ratios(times, steps, batch_size, slower, faster):
     """Per round: epoch time (train + test) of `slower` / that of `faster`."""
     def epoch(name, i):
-        return sum(epoch_seconds(times[name]["train_times_s"][i], times[name]["test_times_s"][i], args))
+        return sum(epoch_seconds(times[name]["train_times_s"][i], times[name]["test_times_s"][i],
+                                 steps, batch_size))
     return [epoch(slower, i) / epoch(faster, i) for i in range(len(times[slower]["train_times_s"]))]
 
 
 def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from model import Net
     model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
@@ -234,7 +245,6 @@ def matmul_peak(device, size, reps=5):
 
 
 def hardware(device):
-    from utils import cpu_name
     info = {"platform": platform.platform(), "processor": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":
@@ -242,44 +252,60 @@ def hardware(device):
     return info
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
-    p.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "data"), help="MNIST root")
+    p.add_argument("--data-dir", default=default_data_dir(), help="MNIST root ($MNIST_DATA_DIR, else ./data)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size of every pipeline")
     p.add_argument("--steps", type=int, default=200, help="timed training steps per pipeline and round")
     p.add_argument("--rounds", type=int, default=10, help="rounds; each times every pipeline once")
     p.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
     p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers (unset: 2 on CUDA, 0 on CPU)")
     p.add_argument("--lever", choices=LEVERS, default="none", help="speed setting applied to ours and model")
-    p.add_argument("--norm", choices=("bn", "gn", "ln"), default="bn", help="normalization of the model")
+    p.add_argument("--norm", choices=NORMS, default="bn", help="normalization of the model")
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                    help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
     p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.warmup = 60, 6, 5
+    if args.classic_workers is None:
+        args.classic_workers = 2 if args.device == "cuda" else 0
+    return args
+
+
+def default_out(args):
+    suffix = "".join(f"_{v}" for v, default in ((args.norm, "bn"), (args.lever, "none")) if v != default)
+    suffix += "_malloc_default" if args.malloc == "default" else ""
+    return Path(f"results/bench_{args.device}{suffix}.json")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    spec = Spec(args.device, args.data_dir, args.batch_size, args.norm, args.lever, args.warmup,
+                args.classic_workers, args.malloc)
     device = torch.device(args.device)
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        peaks = {name: pool.apply(peak_memory, (name, args)) for name in PIPELINES}
-    times = time_rounds(args, device)
-    results = summarize(times, args)
+        peaks = {name: pool.apply(peak_memory, (name, spec)) for name in PIPELINES}
+    set_allocator(spec)  # process-wide, so it applies to every pipeline timed below
+    pipelines = {name: make_pipeline(name, spec) for name in PIPELINES}
+    times = time_rounds(pipelines, args.rounds, args.steps, device)
+    results = summarize(times, args.steps, args.batch_size)
     flops = flops_per_training_image(args.batch_size, args.norm)
     peak = matmul_peak(device, 8192 if device.type == "cuda" else 2048)
     for name, r in results.items():
         r["peak_memory_mb"] = peaks[name]
         r["achieved_tflops"] = flops * r["train_images_per_s"] / 1e12
         r["fraction_of_matmul_peak"] = r["achieved_tflops"] * 1e12 / peak
-    round_ratios = ratios(times, args, "classic", "ours")
+    round_ratios = ratios(times, args.steps, args.batch_size, "classic", "ours")
     report = {"args": vars(args), "hardware": hardware(device), "flops_per_training_image": flops,
               "matmul_peak_tflops": peak / 1e12, "results": results, "round_ratios": round_ratios,
               "ratio_classic_over_ours": statistics.median(round_ratios),
-              "ratio_classic_over_model": statistics.median(ratios(times, args, "classic", "model"))}
-    suffix = "".join(f"_{v}" for v, default in ((args.norm, "bn"), (args.lever, "none")) if v != default)
-    suffix += "_malloc_default" if args.malloc == "default" else ""
-    out = Path(args.out or f"results/bench_{device.type}{suffix}.json")
+              "ratio_classic_over_model": statistics.median(
+                  ratios(times, args.steps, args.batch_size, "classic", "model"))}
+    out = Path(args.out) if args.out else default_out(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print_report(report, out)

@@ -148,10 +148,6 @@ class DeviceLoader:
         n = len(self.labels)
         return max(1, n // self.batch_size) if self.shuffle else math.ceil(n / self.batch_size)
 
-    @property
-    def num_samples(self):
-        return min(len(self.labels), len(self) * self.batch_size)
-
     def __iter__(self):
         device = self.images.device
         order = (torch.randperm(len(self.labels), generator=self.generator, device=device)

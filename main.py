@@ -11,11 +11,13 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
-from experiment import fit, new_run_dir, run_name, run_study, save_study, summary_table
 from model import WIDTHS
-from utils import STUDY_L1, Config, Interrupted, NonFiniteLoss, get_device
+from study import STUDY_L1, run_study, save_study, summary_table
+from system import keep_freed_memory, new_run_dir
+from utils import Config, Interrupted, NonFiniteLoss, fit, get_device
 
-RESUMABLE_ANYWHERE = {"data_dir", "out", "no_progress", "resume"}  # may differ on --resume
+# flags that --resume accepts with a value other than the run's: they don't change what is computed
+FREE_ON_RESUME = {"data_dir", "out", "no_progress", "resume"}
 
 
 def make_parser():
@@ -95,11 +97,15 @@ def resume_config(parser, args, given):
     config = Config(**stored["config"])
     wanted = config_from_args(args)
     clashes = [f"--{k.replace('_', '-')} {getattr(wanted, k)} (run has {getattr(config, k)})"
-               for k in sorted(given - RESUMABLE_ANYWHERE) if hasattr(config, k)
+               for k in sorted(given - FREE_ON_RESUME) if hasattr(config, k)
                and getattr(wanted, k) != getattr(config, k)]
     if clashes:
         parser.error(f"--resume refuses flags that differ from the run's config: {', '.join(clashes)}")
     return replace(config, data_dir=args.data_dir or config.data_dir), len(stored["epochs"])
+
+
+def run_name(config):
+    return f"{config.norm}{'_l1' if config.l1 else ''}_seed{config.seed}"
 
 
 def run_one(config, splits, args):
@@ -138,6 +144,8 @@ def main(argv=None):
         device = get_device(config.device)
     except ValueError as error:
         parser.error(str(error))
+    if device.type == "cpu":
+        keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
     try:
         splits = load_mnist(config.data_dir, device, config.val_split, config.train_subset)
         if args.norm == "all":

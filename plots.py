@@ -1,12 +1,23 @@
-"""The study's figures, drawn from metrics (lists of per-epoch dicts) and tensors, never globals."""
+"""The study's figures, drawn from result files and saved models alone; no training.
+
+    python plots.py                 # redraw every figure into images/ from results/
+    python plots.py --out /tmp/fig  # ... into another folder
+"""
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from data import MNIST_MEAN, MNIST_STD, DeviceLoader
-from experiment import VARIANTS, by_variant
-from utils import collect_misclassified, eval_batch_size
+from data import MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, load_mnist_split, to_device
+from model import Net
+from study import VARIANTS, by_variant
+from utils import eval_batch_size
+
+ROOT = Path(__file__).resolve().parent
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
 COLORS = {"GN": "tab:blue", "LN": "tab:orange", "BN+L1": "tab:green"}
@@ -27,9 +38,9 @@ def zoom(means, percent):
     return low - pad, min(high + pad, 100.0) if percent else high + pad
 
 
-def plot_metric(runs, key, title, ylabel, percent=False):
+def plot_metric(runs, key, title, ylabel, percent=False, ax=None):
     """All variants' `key` per epoch on one axes: mean over seeds, min-max band, final and best in the legend."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI) if ax is None else (ax.figure, ax)
     fmt = "{:.2f}%" if percent else "{:.4f}"
     series = curves(runs, key)
     means = {label: values.mean(1) for label, (_, values) in series.items()}
@@ -53,6 +64,31 @@ def plot_metric(runs, key, title, ylabel, percent=False):
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if percent else "upper right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_log(runs, ax):
+    """Test error (100 - accuracy, %) of every epoch on a log axis: the early epochs the zoom leaves out."""
+    for label, (_, values) in curves(runs, "test_acc").items():
+        error = 100.0 - values
+        epochs = np.arange(1, len(error) + 1)
+        ax.plot(epochs, error.mean(1), marker="o", ms=3, color=COLORS.get(label), label=label)
+        if error.shape[1] > 1:
+            ax.fill_between(epochs, error.min(1), error.max(1), color=COLORS.get(label), alpha=0.15)
+    ax.set_yscale("log")
+    ax.set(title="Test error, every epoch (log scale)", xlabel="epoch", ylabel="test error (%, log scale)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+
+
+def plot_accuracy(runs):
+    """Graph 2: test accuracy zoomed to where the curves end (left), test error of every epoch (right)."""
+    fig, (zoomed, whole) = plt.subplots(1, 2, figsize=(14, 5), dpi=DPI, width_ratios=(3, 2))
+    plot_metric(runs, "test_acc", "Test accuracy per epoch (zoomed to the last epochs)", "accuracy (%)",
+                percent=True, ax=zoomed)
+    plot_error_log(runs, whole)
     fig.tight_layout()
     return fig
 
@@ -93,22 +129,48 @@ def plot_misclassified(found, label, test_acc):
     return fig
 
 
-def study_figures(runs, models, test_split):
-    """{file stem: figure} of the whole study; `models` maps label -> the model whose errors are shown."""
-    figures = {
+@torch.no_grad()
+def collect_misclassified(model, loader, limit=10):
+    """The first `limit` wrong test predictions: {'images', 'true', 'pred', 'confidence'} on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    found = {"images": [], "true": [], "pred": [], "confidence": []}
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        confidence, pred = model(x).softmax(1).max(1)
+        wrong = pred != y
+        for key, value in zip(found, (x, y, pred, confidence)):
+            found[key].append(value[wrong].cpu())
+        if sum(len(t) for t in found["true"]) >= limit:
+            break
+    return {key: torch.cat(value)[:limit] for key, value in found.items()}
+
+
+def curve_figures(runs):
+    """{file stem: figure} of the graphs drawn from per-epoch metrics alone."""
+    return {
         "test_loss": plot_metric(runs, "test_loss", "Test loss per epoch",
                                  "cross-entropy (mean over all test images)"),
-        "test_accuracy": plot_metric(runs, "test_acc", "Test accuracy per epoch", "accuracy (%)",
-                                     percent=True),
+        "test_accuracy": plot_accuracy(runs),
         "train_vs_test": plot_train_vs_test(runs),
     }
+
+
+def misclassified_figures(runs, models, test_split):
+    """{file stem: 5x2 grid} for every `models` entry (label -> the first seed's model)."""
     loader = DeviceLoader(*test_split, batch_size=eval_batch_size(test_split[0].device))
+    figures = {}
     for label, model in models.items():
         first_seed = next(run for run in runs if run["variant"] == label)
         found = collect_misclassified(model, loader, limit=10)
-        key = f"misclassified_{FILE_KEYS.get(label, label.lower())}"
-        figures[key] = plot_misclassified(found, f"{label}, seed {first_seed['config']['seed']}",
-                                          first_seed["epochs"][-1]["test_acc"])
+        figures[f"misclassified_{FILE_KEYS.get(label, label.lower())}"] = plot_misclassified(
+            found, f"{label}, seed {first_seed['config']['seed']}", first_seed["epochs"][-1]["test_acc"])
+    return figures
+
+
+def study_figures(runs, models, test_split):
+    """{file stem: figure} of the whole study; `models` maps label -> the model whose errors are shown."""
+    figures = {**curve_figures(runs), **misclassified_figures(runs, models, test_split)}
     for fig in figures.values():
         plt.close(fig)  # a notebook shows each one where it asks, with display(fig)
     return figures
@@ -123,3 +185,121 @@ def save_figures(figures, images_dir):
         paths.append(images_dir / f"{stem}.png")
         fig.savefig(paths[-1], dpi=DPI)
     return paths
+
+
+# ---- the batch-size sweep ------------------------------------------------------------------
+NORM_COLORS = {"bn": "tab:green", "gn": "tab:blue", "ln": "tab:orange"}
+BN_EXTRAS = {"test_acc_batch_stats": ("--", "BN, tested with batch statistics"),
+             "test_acc_precise_stats": (":", "BN, running statistics recomputed after training")}
+
+
+def plot_error_band(ax, entries, key, color, style, label):
+    """Mean test error over seeds of `key` against batch size, with the min-max range as a band."""
+    entries = [e for e in entries if key in e]
+    if not entries:
+        return
+    sizes = [e["batch_size"] for e in entries]
+    ax.plot(sizes, [100 - e[key]["mean"] for e in entries], style, marker="o", ms=4, color=color, label=label)
+    ax.fill_between(sizes, [100 - e[key]["max"] for e in entries], [100 - e[key]["min"] for e in entries],
+                    color=color, alpha=0.15 if style == "-" else 0.07)
+
+
+def plot_batch_size(sweep):
+    """Test error (left) and seconds per epoch (right) against the training batch size, one line per norm."""
+    fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
+    by_norm = {}
+    for entry in sweep["summary"]:
+        by_norm.setdefault(entry["norm"], []).append(entry)
+    for norm, entries in by_norm.items():
+        color = NORM_COLORS.get(norm)
+        plot_error_band(error_ax, entries, "test_acc", color, "-", norm.upper())
+        for key, (style, label) in BN_EXTRAS.items():
+            plot_error_band(error_ax, entries, key, color, style, label)
+        time_ax.plot([e["batch_size"] for e in entries], [e["seconds_per_epoch"] for e in entries],
+                     marker="o", ms=4, color=color, label=norm.upper())
+    sizes = sorted({e["batch_size"] for e in sweep["summary"]})
+    seeds = max(len(e["seeds"]) for e in sweep["summary"])
+    epochs = sweep["summary"][0]["epochs"]
+    first = sweep["runs"][0]
+    error_ax.set(title=f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)",
+                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)", yscale="log")
+    time_ax.set(title=f"Time per epoch (train + test pass)\n{first.get('cpu', first['device'])}, "
+                      f"{first.get('threads', '?')} thread(s)",
+                xlabel="training batch size (log2 scale)", ylabel="seconds per epoch", ylim=(0, None))
+    for ax in (error_ax, time_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_batch_size_figure(sweep, images_dir):
+    """images_dir/batch_size.png from a batch-size sweep's results; returns its path."""
+    fig = plot_batch_size(sweep)
+    path = save_figures({"batch_size": fig}, images_dir)[0]
+    plt.close(fig)
+    return path
+
+
+# ---- redrawing from committed files ----------------------------------------------------
+def model_path(models_dir, run):
+    """Where the saved weights of a study run live: models_dir/<variant key>_seed<seed>.pt."""
+    return Path(models_dir) / f"{FILE_KEYS.get(run['variant'], run['variant'].lower())}_seed{run['config']['seed']}.pt"
+
+
+def load_model(path, config):
+    """The Net of a run's `config` (a dict) with the weights saved at `path`, in eval mode on the CPU."""
+    model = Net(config["norm"], config["gn_groups"], config["dropout"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def saved_models(runs, models_dir):
+    """{label: model} of the first seed of each variant, loaded from `models_dir`."""
+    models = {}
+    for label, group in by_variant(runs).items():
+        path = model_path(models_dir, group[0])
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: the misclassified grids need the saved weights "
+                                    f"of the first seed of each variant (see README, Results)")
+        models[label] = load_model(path, group[0]["config"])
+    return models
+
+
+def redraw(results_dir, out, data_dir):
+    """Every figure into `out`, from results_dir/study.json, results_dir/models/ and the sweep's results."""
+    runs = json.loads((Path(results_dir) / "study.json").read_text())["runs"]
+    figures = curve_figures(runs)
+    models = saved_models(runs, Path(results_dir) / "models")
+    test_split = to_device(*load_mnist_split(data_dir, train=False), torch.device("cpu"))
+    figures.update(misclassified_figures(runs, models, test_split))
+    sweep_path = Path(results_dir) / "batch_size_sweep.json"
+    if sweep_path.exists():
+        figures["batch_size"] = plot_batch_size(json.loads(sweep_path.read_text()))
+    paths = save_figures(figures, out)
+    for fig in figures.values():
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Redraw the study's figures from committed result files.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "results"), help="folder with study.json and models/")
+    p.add_argument("--out", default=str(ROOT / "images"), help="folder the PNG files are written to")
+    p.add_argument("--data-dir", default=None, help="MNIST root for the test images (unset: $MNIST_DATA_DIR, else ./data)")
+    args = p.parse_args(argv)
+    try:
+        paths = redraw(args.results, args.out, args.data_dir or default_data_dir())
+    except (OSError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

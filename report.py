@@ -1,16 +1,25 @@
-"""Print the README's tables from the committed result files, so the README can't drift from them.
+"""Write the README's generated blocks from the committed result files, so the text can't drift from them.
 
-    python report.py      # paste its sections into README.md; tests/test_readme.py checks they match
+    python report.py            # print every generated block
+    python report.py --write    # rewrite the blocks in README.md and BENCHMARKS.md in place
+
+A block is the text between `<!-- BEGIN NAME -->` and `<!-- END NAME -->`; tests/test_readme.py
+fails when one differs from what this file generates.
 """
+import argparse
 import json
+import re
 import statistics
+import sys
 from pathlib import Path
 
-from bench import LEVERS
-from experiment import summary_table
 from norm_example import markdown as norm_example_markdown
+from study import summary_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DOCS = ("README.md", "BENCHMARKS.md")
+BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
 
 def hardware_line(metrics):
@@ -65,8 +74,8 @@ def speed_section(path=RESULTS / "bench_cpu.json"):
 def levers_section(folder=RESULTS):
     """One row per bench_cpu*.json: model, lever, epoch times and the ratio measured in that run."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench_cpu*.json"))]
-    runs.sort(key=lambda r: (r["args"]["norm"] != "bn", r["args"]["norm"], LEVERS.index(r["args"]["lever"]),
-                             r["args"]["malloc"] != "keep"))
+    runs.sort(key=lambda r: (r["args"]["norm"] != "bn", r["args"]["norm"], r["args"]["lever"] != "none",
+                             r["args"]["lever"], r["args"]["malloc"] != "keep"))
     lines = ["| model | lever (on ours and model) | ours epoch s | model epoch s | classic epoch s "
              "| ratio classic/ours | its rounds range |", "|---|---|---:|---:|---:|---:|---:|"]
     for run in runs:
@@ -94,13 +103,50 @@ def compile_section(path=RESULTS / "compile_gn_seed0.json", study_path=RESULTS /
     return "\n".join(lines)
 
 
-def sections():
-    """{placeholder name: Markdown} of every generated README block."""
-    return {"NORM_EXAMPLE": norm_example_markdown(), "RESULTS": study_section(),
-            "L1_SWEEP": l1_sweep_section(), "SPEED": speed_section(), "LEVERS": levers_section(),
-            "COMPILE": compile_section()}
+# block name -> the function that writes it
+SECTIONS = {"NORM_EXAMPLE": norm_example_markdown, "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
+            "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section}
+
+
+def blocks(text):
+    """{name: current body} of every generated block in `text`."""
+    return {match[2]: match[3] for match in BLOCK.finditer(text)}
+
+
+def render(text):
+    """`text` with every generated block rewritten from the result files."""
+    def body(match):
+        if match[2] not in SECTIONS:
+            raise KeyError(f"unknown generated block {match[2]!r}; known: {', '.join(SECTIONS)}")
+        return f"{match[1]}{SECTIONS[match[2]]()}\n{match[4]}"
+    return BLOCK.sub(body, text)
+
+
+def write(root=ROOT):
+    """Rewrite the generated blocks of every doc in `root`; returns the paths that changed."""
+    changed = []
+    for name in DOCS:
+        path = Path(root) / name
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Generated README blocks from the committed result files.")
+    p.add_argument("--write", action="store_true", help=f"rewrite the blocks in {' and '.join(DOCS)}")
+    args = p.parse_args(argv)
+    if args.write:
+        for path in write():
+            print(f"updated {path}")
+        return 0
+    for name, section in SECTIONS.items():
+        print(f"<!-- BEGIN {name} -->\n{section()}\n<!-- END {name} -->\n")
+    return 0
 
 
 if __name__ == "__main__":
-    for name, text in sections().items():
-        print(f"<!-- {name} -->\n{text}\n")
+    sys.exit(main())

@@ -1,12 +1,10 @@
-"""Training helpers: config, seeding, device, L1 penalty, train/test loops, one full run."""
-import ctypes
+"""Training: the defaults of a run, the L1 penalty, one epoch of training, evaluation, and a whole
+run with checkpoints and resume (`fit`). The training loop lives here, all of it.
+"""
 import json
-import os
-import platform
 import random
-import signal
-from contextlib import contextmanager
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
+from data import DeviceLoader
+from model import Net, count_parameters
+from system import cpu_name, new_run_dir, save_json, save_torch, stop_requests
 
 
 @dataclass
@@ -62,33 +62,6 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-def cpu_name():
-    """The CPU's model name (results reproduce bit for bit only on the same CPU, torch and threads)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def keep_freed_memory():
-    """Make glibc keep freed memory for reuse instead of handing it back to the OS (CPU speed).
-
-    Every step allocates and frees activations of 2-8 MB. Whether glibc returns such blocks
-    to the OS, so that the next step page-faults on fresh pages, depends on the heap's history:
-    measured here, a CPU test pass went from 0.4 s to 0.8-1.1 s with about 300,000 page faults,
-    and some training runs took ~700 faults per step. Fixed mmap and trim thresholds make it
-    never happen. The arithmetic is untouched, so results stay bit for bit the same. Returns
-    True where it applied (Linux with glibc); elsewhere it does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # macOS, Windows, musl
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
-
-
 def eval_batch_size(device):
     """Test batch size: 1,000 on a GPU; 256 on a CPU, which the committed CPU results used.
 
@@ -113,7 +86,7 @@ def l1_penalty(model):
     return sum(w.abs().sum() for w in l1_weights(model))
 
 
-# ---- one epoch --------------------------------------------------------------
+# ---- one epoch, and evaluation ---------------------------------------------------
 class TrainingStopped(Exception):
     """Training stopped before the end; the last finished epoch is kept in `run_dir`."""
 
@@ -130,19 +103,30 @@ class Interrupted(TrainingStopped):
     pass
 
 
-def train(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=False,
-          should_stop=lambda: False, check_every=1):
+def _check(step, loss_sum, loss, should_stop):
+    """Stop on a non-finite loss in any step since the last check, or on a stop request."""
+    if not torch.isfinite(loss_sum + loss.detach()):
+        raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
+    if should_stop():
+        raise Interrupted(f"step {step}")
+
+
+def train_epoch(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=False,
+                should_stop=lambda: False, check_every=1):
     """Train for one epoch; return {'loss', 'acc'} (cross-entropy without the L1 term, percent).
 
-    Losses are summed on the device; the host looks at them every `check_every`
-    steps to stop on a non-finite loss (NonFiniteLoss) or a signal (Interrupted).
+    `loader` is any iterable of (images, labels) batches: a DeviceLoader or a plain DataLoader.
+    Losses are summed on the device; the host looks at them every `check_every` steps (each
+    look waits for the device) to stop on a non-finite loss or a signal.
     """
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = step = 0
     with tqdm(loader, desc="train", leave=False, disable=not progress, mininterval=0.5) as bar:
         for step, (x, y) in enumerate(bar, start=1):  # `with` clears the bar on an exception too
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             data_loss = F.cross_entropy(logits, y)
             loss = (data_loss + l1_lambda * l1_penalty(model)) if l1_lambda else data_loss
@@ -153,80 +137,152 @@ def train(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=Fals
                 scheduler.step()
             loss_sum += data_loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
-            if step % check_every == 0 or step == len(loader):
-                if not torch.isfinite(loss_sum + loss.detach()):  # any step since the last check
-                    raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
-                if should_stop():
-                    raise Interrupted(f"step {step}")
-                bar.set_postfix(loss=f"{loss_sum.item() / (step * len(y)):.4f}", refresh=False)
-    n = loader.num_samples
-    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n}
+            seen += len(y)
+            if step % check_every == 0:
+                _check(step, loss_sum, loss, should_stop)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", refresh=False)
+    if not seen:
+        raise ValueError("the training loader yielded no batches")
+    if step % check_every:
+        _check(step, loss_sum, loss, should_stop)
+    return {"loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
 
 
 @torch.no_grad()
-def test(model, loader):
+def evaluate(model, loader):
     """{'loss', 'acc'}: mean cross-entropy over every sample of `loader`, accuracy in percent."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    n = loader.num_samples
-    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n}
+        seen += len(y)
+    if not seen:
+        raise ValueError("the evaluation loader yielded no batches")
+    return {"loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
 
 
-@torch.no_grad()
-def collect_misclassified(model, loader, limit=10):
-    """The first `limit` wrong test predictions: {'images', 'true', 'pred', 'confidence'} on the CPU."""
-    model.eval()
-    found = {"images": [], "true": [], "pred": [], "confidence": []}
-    for x, y in loader:
-        probs = model(x).softmax(1)
-        confidence, pred = probs.max(1)
-        wrong = pred != y
-        for key, value in zip(found, (x, y, pred, confidence)):
-            found[key].append(value[wrong].cpu())
-        if sum(len(t) for t in found["true"]) >= limit:
-            break
-    return {key: torch.cat(value)[:limit] for key, value in found.items()}
+# ---- a whole run ------------------------------------------------------------------
+def build(config, splits):
+    """Model, loaders, Adam and its one-cycle schedule for `config`, seeded."""
+    set_seed(config.seed)
+    device = splits["train"][0].device
+    model = Net(config.norm, config.gn_groups, config.dropout).to(device)
+    train_loader = DeviceLoader(*splits["train"], config.batch_size, shuffle=True,
+                                degrees=config.degrees, shift=config.shift, seed=config.seed)
+    eval_loaders = {name: DeviceLoader(*splits[name], eval_batch_size(device))
+                    for name in ("val", "test") if name in splits}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * len(train_loader))
+    return model, train_loader, eval_loaders, optimizer, scheduler
 
 
-# ---- files --------------------------------------------------------------------
-def atomic_write(path, write):
-    """Write via `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+def checkpoint_state(model, optimizer, scheduler, train_loader, metrics):
+    """Everything needed to continue exactly where the last finished epoch ended."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "loader_rng": train_loader.generator.get_state(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(), "metrics": metrics,
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
-def save_json(obj, path):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode() + b"\n"))
+def restore(state, model, optimizer, scheduler, train_loader):
+    """Load a checkpoint_state() into the objects; returns its metrics."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    train_loader.generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["metrics"]
 
 
-def save_torch(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f))
+def same_config(a, b):
+    """Whether two configs (Config or recorded dicts) describe the same run; the data folder may differ.
+
+    Fields added to Config since a record was written take their defaults.
+    """
+    def full(c):
+        return {**asdict(Config()), **(c if isinstance(c, dict) else asdict(c)), "data_dir": None}
+    return full(a) == full(b)
 
 
-@contextmanager
-def stop_requests():
-    """Within the block, SIGINT/SIGTERM only set a flag; yields a function that reads it."""
-    requested = []
-    handler = lambda signum, frame: requested.append(signum)
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
+def continue_or_new_run_dir(out, name, config, overwrite=False):
+    """OUT/name if it holds a run of this very config (to continue or reload), else a new run folder.
+
+    A run folder is reused only when its metrics.json records the same config, so a finished
+    run loads instead of training again and an interrupted one resumes.
+    """
+    path = Path(out) / name
     try:
-        yield lambda: bool(requested)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        stored = json.loads((path / "metrics.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        stored = None
+    if stored is not None and same_config(stored, config):
+        return path
+    return new_run_dir(out, name, overwrite)
+
+
+def run_label(config):
+    """'GN', 'LN', 'BN', or 'BN+L1' when the run has an L1 penalty."""
+    return config.norm.upper() + ("+L1" if config.l1 else "")
+
+
+def epoch_line(label, row, epochs):
+    return (f"{label:>5} epoch {row['epoch']:2d}/{epochs} | train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:6.2f}% | test loss {row['test_loss']:.4f} "
+            f"acc {row['test_acc']:6.2f}% | {row['seconds']:5.1f} s")
+
+
+def fit(config, splits, run_dir, label=None, progress=True, log=print):
+    """Train one run into `run_dir`, resuming from its checkpoint.pt if there is one.
+
+    After every epoch checkpoint.pt and metrics.json are rewritten atomically;
+    model.pt (the final state_dict) is written at the end. Returns (metrics, model).
+    """
+    run_dir, label = Path(run_dir), label or run_label(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
+    device = splits["train"][0].device
+    metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
+               "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "epochs": []}
+    if (run_dir / "checkpoint.pt").exists():
+        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+        metrics = restore(state, model, optimizer, scheduler, train_loader)
+        done = len(metrics["epochs"])
+        log(f"{label}: {run_dir} holds {done} of {config.epochs} epochs; "
+            + ("continuing" if done < config.epochs else "loaded, nothing to train"))
+    check_every = 1 if device.type == "cpu" else 50
+    step_model = torch.compile(model) if config.compile else model  # checkpoints keep `model`'s names
+    with stop_requests() as should_stop:
+        for epoch in range(len(metrics["epochs"]) + 1, config.epochs + 1):
+            start = time.perf_counter()
+            try:
+                result = train_epoch(step_model, train_loader, optimizer, scheduler, config.l1, progress,
+                                     should_stop, check_every)
+            except (NonFiniteLoss, Interrupted) as error:
+                raise type(error)(f"{label} epoch {epoch}, {error}", run_dir) from None
+            row = {"epoch": epoch, "train_loss": result["loss"], "train_acc": result["acc"]}
+            for name, loader in eval_loaders.items():
+                result = evaluate(step_model, loader)
+                row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
+            row["seconds"] = time.perf_counter() - start
+            metrics["epochs"].append(row)
+            save_torch(checkpoint_state(model, optimizer, scheduler, train_loader, metrics),
+                       run_dir / "checkpoint.pt")
+            save_json(metrics, run_dir / "metrics.json")
+            log(epoch_line(label, row, config.epochs))
+    save_torch(model.state_dict(), run_dir / "model.pt")
+    return metrics, model

@@ -29,17 +29,13 @@ def test_bench_runs_every_pipeline_and_reports_the_ratio(tiny_mnist, tmp_path, l
     assert 1e6 < report["flops_per_training_image"] < 1e8 and report["hardware"]["cpu_count"] >= 1
 
 
-class Args:
-    steps, batch_size = 10, 64  # 938 steps per 60k epoch
-
-
 def test_epoch_ratio_counts_the_test_pass_and_scales_steps_to_an_epoch():
     times = {"ours": {"train_times_s": [1.0, 3.0, 2.0], "test_times_s": [0.5, 0.5, 0.5], "warmup_s": 0.1},
              "classic": {"train_times_s": [4.0, 4.0, 4.0], "test_times_s": [1.0, 5.0, 2.0], "warmup_s": 0.1}}
     # epoch = time of 10 steps / 10 x 938 steps + one test pass, round by round
-    assert ratios(times, Args, "classic", "ours") == pytest.approx(
+    assert ratios(times, 10, 64, "classic", "ours") == pytest.approx(  # 938 steps per 60k epoch
         [(0.4 * 938 + c) / (o / 10 * 938 + 0.5) for o, c in [(1.0, 1.0), (3.0, 5.0), (2.0, 2.0)]])
-    results = summarize(times, Args)
+    results = summarize(times, 10, 64)
     assert results["ours"]["train_epoch_s"] == pytest.approx(0.2 * 938)
     assert results["classic"]["epoch_s"] == pytest.approx(0.4 * 938 + 2.0)
     assert results["ours"]["train_images_per_s"] == pytest.approx(10 * 64 / 2.0)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from conftest import ROOT, run_main
-from plots import DPI, plot_metric, plot_misclassified, plot_train_vs_test
+import plots
+from plots import DPI, plot_accuracy, plot_metric, plot_misclassified, plot_train_vs_test
 
 FIGURES = {  # file stem -> (width, height) in pixels
-    "test_loss": (960, 600), "test_accuracy": (960, 600), "train_vs_test": (1320, 960),
+    "test_loss": (960, 600), "test_accuracy": (1680, 600), "train_vs_test": (1320, 960),
     "misclassified_gn": (600, 1440), "misclassified_ln": (600, 1440), "misclassified_bn_l1": (600, 1440),
 }
 
@@ -26,10 +27,10 @@ def fake_runs(seeds=2, epochs=5):
     return runs
 
 
-def test_accuracy_graph_is_annotated_and_zoomed():
-    fig = plot_metric(fake_runs(), "test_acc", "Test accuracy per epoch", "accuracy (%)", percent=True)
-    ax = fig.axes[0]
-    assert ax.get_title() == "Test accuracy per epoch"
+def test_accuracy_graph_is_annotated_zoomed_and_shows_every_epoch():
+    fig = plot_accuracy(fake_runs())
+    ax, whole = fig.axes
+    assert ax.get_title() == "Test accuracy per epoch (zoomed to the last epochs)"
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "accuracy (%)"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[2] == "BN+L1 (7,410 params, mean of 2 seeds): final 99.41%, best 99.41%"
@@ -37,6 +38,10 @@ def test_accuracy_graph_is_annotated_and_zoomed():
     assert {t.get_text() for t in ax.texts} == {"99.21%", "99.31%", "99.41%"}  # final values on the plot
     low, high = ax.get_ylim()
     assert 99.0 < low < 99.2 and high <= 100  # zoomed to the last 60% of epochs
+    assert whole.get_yscale() == "log" and whole.get_ylabel() == "test error (%, log scale)"
+    assert whole.get_xlabel() == "epoch" and whole.get_title() == "Test error, every epoch (log scale)"
+    assert [line.get_xdata()[0] for line in whole.get_lines()] == [1, 1, 1]  # from epoch 1 on
+    assert whole.get_lines()[0].get_ydata()[0] == pytest.approx(100 - 99.005)
 
 
 def test_loss_graph_labels():
@@ -95,3 +100,17 @@ def test_notebook_runs_end_to_end_with_smoke_parameters(tiny_mnist, tmp_path, mo
     outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
     assert len(shown) == 6  # both graphs, the train/test panel and the three grids
+
+
+def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
+    # the committed results and weights; the grids show tiny_mnist's test images (no real MNIST needed)
+    assert plots.main(["--out", str(tmp_path / "figures"), "--data-dir", str(tiny_mnist)]) == 0
+    check_figures(tmp_path / "figures")
+
+
+def test_plots_names_missing_weights(tiny_mnist, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "study.json").write_text(json.dumps({"runs": fake_runs(seeds=1)}))
+    assert plots.main(["--results", str(results), "--out", str(tmp_path / "f"), "--data-dir", str(tiny_mnist)]) == 1
+    assert f"{results / 'models' / 'gn_seed0.pt'} is missing" in capsys.readouterr().err

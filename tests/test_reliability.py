@@ -8,10 +8,11 @@ import time
 import pytest
 import torch
 
-import experiment
+import utils
 from conftest import OFFLINE, ROOT, run_main
 from data import load_mnist
-from utils import Config, NonFiniteLoss, save_torch, train
+from system import save_torch
+from utils import Config, NonFiniteLoss, train_epoch
 
 ARGS = ["--norm", "bn", "--l1", "1e-4", "--epochs", "6", "--device", "cpu", "--no-progress"]
 
@@ -103,11 +104,11 @@ def test_non_finite_loss_keeps_the_good_epochs(tiny_mnist, tmp_path, monkeypatch
         if len(calls) == 2:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
-        return train(model, *args, **kwargs)
+        return train_epoch(model, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train", train_that_breaks_in_epoch_2)
+    monkeypatch.setattr(utils, "train_epoch", train_that_breaks_in_epoch_2)
     with pytest.raises(NonFiniteLoss, match="BN epoch 2, step 1"):
-        experiment.fit(Config(epochs=3), splits, tmp_path, progress=False, log=lambda line: None)
+        utils.fit(Config(epochs=3), splits, tmp_path, progress=False, log=lambda line: None)
     assert finished_epochs(tmp_path) == 1
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert len(state["metrics"]["epochs"]) == 1

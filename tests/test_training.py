@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, load_mnist, random_affine
-from experiment import build, fit
 from model import Net
-from utils import Config, collect_misclassified, l1_penalty, l1_weights, set_seed, train
-from utils import test as evaluate  # plain `test` would be collected by pytest
+from plots import collect_misclassified
+from utils import Config, build, evaluate, fit, l1_penalty, l1_weights, set_seed, train_epoch
 
 
 def test_l1_covers_conv_weights_only_and_equals_hand_sum():
@@ -37,7 +37,7 @@ def test_overfits_one_fixed_batch(norm, l1):
     loader = DeviceLoader(x, y, batch_size=32)
     first = evaluate(model, loader)["loss"]
     for _ in range(300):
-        train(model, loader, optimizer, l1_lambda=l1)
+        train_epoch(model, loader, optimizer, l1_lambda=l1)
     assert evaluate(model, loader)["loss"] < 0.05 * first
     assert evaluate(model, loader)["acc"] == 100.0
 
@@ -50,6 +50,25 @@ def test_test_loss_is_mean_over_all_samples_whatever_the_batch_size():
         expected = nn.functional.cross_entropy(model.eval()(x), y).item()
     for batch_size in (1, 10, 64, 103, 500):
         assert math.isclose(evaluate(model, DeviceLoader(x, y, batch_size))["loss"], expected, rel_tol=1e-5)
+
+
+def test_loops_take_a_plain_dataloader_and_count_every_sample():
+    x, y = torch.randn(103, 1, 28, 28), torch.randint(0, 10, (103,))
+    plain = DataLoader(TensorDataset(x, y), batch_size=25)  # the last batch holds 3 images
+    ours = DeviceLoader(x, y, batch_size=25)
+    model = Net("bn").eval()
+    assert evaluate(model, plain) == pytest.approx(evaluate(model, ours))
+    trained = []
+    for loader in (plain, ours):
+        set_seed(0)
+        model = Net("gn", dropout=0.0)
+        result = train_epoch(model, loader, torch.optim.Adam(model.parameters()), l1_lambda=1e-4)
+        trained.append((result, model.state_dict()))
+    (plain_result, plain_state), (ours_result, ours_state) = trained
+    assert plain_result == pytest.approx(ours_result)
+    assert all(torch.allclose(plain_state[k], ours_state[k]) for k in plain_state)
+    with pytest.raises(ValueError, match="no batches"):
+        evaluate(model, [])
 
 
 def test_test_loader_is_in_order_and_unaugmented():
@@ -95,7 +114,7 @@ def test_one_epoch_on_10k_real_images_reaches_95_percent(real_mnist):
     splits = load_mnist(real_mnist, torch.device("cpu"), train_subset=10_000)
     assert splits["test"][0].shape == (10_000, 1, 28, 28)
     model, train_loader, eval_loaders, optimizer, scheduler = build(Config(norm="bn", epochs=1, lr=0.03), splits)
-    train(model, train_loader, optimizer, scheduler)
+    train_epoch(model, train_loader, optimizer, scheduler)
     assert evaluate(model, eval_loaders["test"])["acc"] >= 95.0
 
 
@@ -120,7 +139,7 @@ def test_compile_flag_trains_the_same_model_and_saves_plain_names(tiny_mnist, tm
 FAULTS_OF_20_EVAL_PASSES = """
 import resource, sys, torch
 from model import Net
-from utils import keep_freed_memory
+from system import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     sys.exit()
