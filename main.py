@@ -5,7 +5,6 @@
     python main.py --resume runs/gn_seed0
 """
 import argparse
-import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
 from model import WIDTHS
 from study import STUDY_L1, run_study, save_study, summary_table
-from system import keep_freed_memory, new_run_dir
-from utils import Config, Interrupted, NonFiniteLoss, fit, get_device
+from system import (RunFolderError, WriteError, check_output_dir, exclusive, keep_freed_memory,
+                    new_run_dir)
+from utils import Config, Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, read_run_folder
 
 # flags that --resume accepts with a value other than the run's: they don't change what is computed
 FREE_ON_RESUME = {"data_dir", "out", "no_progress", "resume"}
@@ -87,13 +87,12 @@ def config_from_args(args):
 
 
 def resume_config(parser, args, given):
-    """(stored config, finished epochs) of --resume RUN_DIR; refuse flags that contradict it."""
-    path = Path(args.resume) / "metrics.json"
-    if not path.exists():
+    """(stored config, finished epochs) of --resume RUN_DIR, its files checked; refuse contradicting flags."""
+    if not (Path(args.resume) / "metrics.json").exists() and not (Path(args.resume) / "checkpoint.pt").exists():
         parser.error(f"--resume {args.resume}: no metrics.json there, so nothing to resume")
     if args.norm == "all" or args.seeds:
         parser.error("--resume continues one run; it cannot be combined with --norm all or --seeds")
-    stored = json.loads(path.read_text())
+    stored, _ = read_run_folder(args.resume)  # RunFolderError: damaged or mismatched files
     config = Config(**stored["config"])
     wanted = config_from_args(args)
     clashes = [f"--{k.replace('_', '-')} {getattr(wanted, k)} (run has {getattr(config, k)})"
@@ -102,6 +101,15 @@ def resume_config(parser, args, given):
     if clashes:
         parser.error(f"--resume refuses flags that differ from the run's config: {', '.join(clashes)}")
     return replace(config, data_dir=args.data_dir or config.data_dir), len(stored["epochs"])
+
+
+def check_outputs(args):
+    """RunFolderError, before anything is trained or written, for output folders that can't be used."""
+    folders = [(args.resume or args.out, "--resume" if args.resume else "--out")]
+    if args.norm == "all":
+        folders += [(args.results, "--results"), (args.images, "--images")]
+    for path, flag in folders:
+        check_output_dir(path, flag)
 
 
 def run_name(config):
@@ -119,13 +127,45 @@ def run_one(config, splits, args):
 def study(config, splits, args, seeds):
     from plots import save_figures, study_figures  # matplotlib only where figures are drawn
 
-    runs, models = run_study(config, seeds, splits, args.out, args.l1, args.overwrite,
-                             progress=not args.no_progress)
-    summary = save_study(runs, args.results)
-    print(f"wrote {Path(args.results) / 'study.json'}")
-    for path in save_figures(study_figures(runs, models, splits["test"]), args.images):
-        print(f"wrote {path}")
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    with exclusive(results / ".study.lock", f"the study writing {results}"):
+        runs, models = run_study(config, seeds, splits, args.out, args.l1, args.overwrite,
+                                 progress=not args.no_progress)
+        summary = save_study(runs, results)
+        print(f"wrote {results / 'study.json'}")
+        for path in save_figures(study_figures(runs, models, splits["test"]), args.images):
+            print(f"wrote {path}")
     print(summary_table(summary))
+
+
+def train(args, config):
+    """Load the data and train what `args` asks for: one run per seed, or the study."""
+    device = get_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
+    splits = load_mnist(config.data_dir, device, config.val_split, config.train_subset)
+    if args.norm == "all":
+        study(config, splits, args, args.seeds or [config.seed])
+    else:
+        for seed in args.seeds or [config.seed]:
+            run_one(replace(config, seed=seed), splits, args)
+
+
+def error_message(error):
+    """(exit code, what to print) for an error that ends the program without a traceback."""
+    resume = f"python main.py --resume {getattr(error, 'run_dir', '')}"
+    if isinstance(error, NonFiniteLoss):
+        return 3, (f"error: training stopped: non-finite loss in {error}. The learning rate (--lr) or the L1 "
+                   f"lambda (--l1) is likely too large; lower it and start again. The metrics and checkpoint "
+                   f"of every good epoch are kept in {error.run_dir}.")
+    if isinstance(error, Interrupted):
+        return 130, (f"\ninterrupted in {error}; every finished epoch is saved in {error.run_dir}. "
+                     f"Resume with: {resume}")
+    if isinstance(error, WriteFailed):
+        return 4, (f"error: {error}. Every finished epoch before it is kept in {error.run_dir}. Make room "
+                   f"(or fix the folder's permissions), then continue with: {resume}")
+    return (4 if isinstance(error, WriteError) else 1), f"error: {error}"
 
 
 def main(argv=None):
@@ -133,38 +173,24 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    if args.resume:
-        config, done = resume_config(parser, args, given_flags(parser, argv, args))
-        if done >= config.epochs:
-            print(f"{args.resume} already finished all {config.epochs} epochs; nothing to resume.")
-            return 0
-    else:
-        config = config_from_args(args)
     try:
-        device = get_device(config.device)
-    except ValueError as error:
-        parser.error(str(error))
-    if device.type == "cpu":
-        keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
-    try:
-        splits = load_mnist(config.data_dir, device, config.val_split, config.train_subset)
-        if args.norm == "all":
-            study(config, splits, args, args.seeds or [config.seed])
+        if args.resume:
+            config, done = resume_config(parser, args, given_flags(parser, argv, args))
+            if done >= config.epochs:
+                print(f"{args.resume} already finished all {config.epochs} epochs; nothing to resume.")
+                return 0
         else:
-            for seed in args.seeds or [config.seed]:
-                run_one(replace(config, seed=seed), splits, args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except NonFiniteLoss as error:
-        print(f"error: training stopped: non-finite loss in {error}. The learning rate (--lr) or "
-              f"the L1 lambda (--l1) is likely too large; lower it and start again. The metrics "
-              f"and checkpoint of every good epoch are kept in {error.run_dir}.", file=sys.stderr)
-        return 3
-    except Interrupted as error:
-        print(f"\ninterrupted in {error}; every finished epoch is saved in {error.run_dir}. "
-              f"Resume with: python main.py --resume {error.run_dir}", file=sys.stderr)
-        return 130
+            config = config_from_args(args)
+        try:
+            get_device(config.device)
+        except ValueError as error:
+            parser.error(str(error))
+        check_outputs(args)
+        train(args, config)
+    except (DataError, RunFolderError, WriteError, NonFiniteLoss, Interrupted, WriteFailed) as error:
+        code, message = error_message(error)
+        print(message, file=sys.stderr)
+        return code
     return 0
 
 

@@ -15,6 +15,7 @@ import torch
 from data import MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, load_mnist_split, to_device
 from model import Net
 from study import VARIANTS, by_variant
+from system import WriteError, atomic_write
 from utils import eval_batch_size
 
 ROOT = Path(__file__).resolve().parent
@@ -183,7 +184,7 @@ def save_figures(figures, images_dir):
     paths = []
     for stem, fig in figures.items():
         paths.append(images_dir / f"{stem}.png")
-        fig.savefig(paths[-1], dpi=DPI)
+        atomic_write(paths[-1], lambda file: fig.savefig(file, format="png", dpi=DPI))  # noqa: B023
     return paths
 
 
@@ -293,7 +294,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         paths = redraw(args.results, args.out, args.data_dir or default_data_dir())
-    except (OSError, DataError) as error:
+    except (OSError, DataError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for path in paths:

@@ -1,5 +1,6 @@
 """Process and file plumbing: crash-safe writes, run folders, stop signals, the CPU allocator setting."""
 import ctypes
+import io
 import json
 import os
 import platform
@@ -16,16 +17,40 @@ except ImportError:  # Windows: no OS file locks here; runs still work, shards m
     fcntl = None
 
 
+# ---- errors ---------------------------------------------------------------------
+class RunFolderError(Exception):
+    """A run or output folder can't be used as asked; the message says why and what to do."""
+
+
+class RunInUse(RunFolderError):
+    """Another live process holds the folder's lock."""
+
+
+class WriteError(Exception):
+    """A file could not be written (a full disk, a read-only folder, ...); the old file is unchanged."""
+
+
 # ---- files ------------------------------------------------------------------------
 def atomic_write(path, write):
-    """Write via `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
+    """Write via `write(file)` into a temp file beside `path`, fsync, then rename over `path`.
+
+    Whatever goes wrong, the temp file is removed and `path` keeps its previous content;
+    an OSError (ENOSPC, EACCES, ...) comes out as a WriteError that names the path.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteError(f"could not write {path}: {error.strerror or error}; "
+                             f"its previous version, if any, is unchanged") from error
+        raise
 
 
 def save_json(obj, path):
@@ -33,7 +58,21 @@ def save_json(obj, path):
 
 
 def save_torch(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()  # serialized first, so a failing disk is met by one plain write
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def check_output_dir(path, flag):
+    """RunFolderError unless `path` is, or can be made, a writable folder; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{flag} {path} is a file, not a folder; pass a folder (it is created if missing)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise RunFolderError(f"{flag} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{flag} {path}: {existing} is not writable for this user; pass another folder")
 
 
 @contextmanager
@@ -49,10 +88,43 @@ def locked(path):
                 fcntl.flock(file, fcntl.LOCK_UN)
 
 
+@contextmanager
+def exclusive(lock_path, what):
+    """Hold `lock_path` (an OS file lock holding our pid) for the block; RunInUse if a live process has it.
+
+    The OS drops a lock when its process dies, so the lock of a crashed run is simply taken over.
+    """
+    with open(lock_path, "a+") as file:
+        if fcntl:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                pid = file.read().strip() or "unknown"
+                raise RunInUse(f"{what} is in use by another process (pid {pid}); two processes must not "
+                               f"write one run. Wait for that one to end (or stop it), then try again.") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        try:
+            yield
+        finally:
+            if fcntl:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def run_lock(run_dir):
+    """The lock of one run folder: held by whoever trains into it."""
+    return exclusive(Path(run_dir) / ".lock", f"run folder {run_dir}")
+
+
 def new_run_dir(out, name, overwrite=False):
     """An empty OUT/name; an existing one is replaced with `overwrite`, else name-2, name-3, ..."""
     path, n = Path(out) / name, 1
     if overwrite and path.exists():
+        with run_lock(path):  # never delete a run another process is training
+            pass
         shutil.rmtree(path)
     while path.exists():
         n += 1

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from data import DeviceLoader
 from model import Net, count_parameters
-from system import cpu_name, new_run_dir, save_json, save_torch, stop_requests
+from system import (RunFolderError, WriteError, cpu_name, new_run_dir, run_lock, save_json, save_torch,
+                    stop_requests)
 
 
 @dataclass
@@ -101,6 +102,10 @@ class NonFiniteLoss(TrainingStopped):
 
 class Interrupted(TrainingStopped):
     pass
+
+
+class WriteFailed(TrainingStopped):
+    """A checkpoint or metrics file could not be written; the files of the last good epoch are kept."""
 
 
 def _check(step, loss_sum, loss, should_stop):
@@ -245,28 +250,85 @@ def epoch_line(label, row, epochs):
             f"acc {row['test_acc']:6.2f}% | {row['seconds']:5.1f} s")
 
 
+def _damaged(run_dir, what):
+    return RunFolderError(f"{run_dir} cannot be resumed: {what}. Nothing in it was changed. Restore the "
+                          f"file from a copy, or start the run again in a new folder (same flags, without --resume).")
+
+
+def read_run_folder(run_dir, device="cpu"):
+    """(metrics, checkpoint state or None) of a run folder, checked; RunFolderError says what is wrong.
+
+    metrics.json is the record, checkpoint.pt the state to continue from; both are written after
+    every epoch, checkpoint first, so the checkpoint may be one epoch ahead, never behind.
+    """
+    run_dir = Path(run_dir)
+    metrics_path, checkpoint_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        config = Config(**metrics["config"])
+        done = len(metrics["epochs"])
+    except FileNotFoundError:
+        if checkpoint_path.exists():
+            raise _damaged(run_dir, f"it holds {checkpoint_path} but no metrics.json, the run's record") from None
+        raise RunFolderError(f"{run_dir} holds no metrics.json, so there is no run to resume") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _damaged(run_dir, f"{metrics_path} is damaged or not from this code ({type(error).__name__}: "
+                                f"{error})") from None
+    if not checkpoint_path.exists():
+        if done:
+            raise _damaged(run_dir, f"metrics.json records {done} finished epochs but {checkpoint_path} is "
+                                    f"missing, and training again from epoch 1 would overwrite that record")
+        return metrics, None
+    try:
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        ahead = len(state["metrics"]["epochs"]) - done
+        stored = state["metrics"]["config"]
+    except Exception as error:  # torch.load raises many kinds on a truncated or foreign file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise _damaged(run_dir, f"{checkpoint_path} ({checkpoint_path.stat().st_size:,} bytes) is truncated or "
+                                f"corrupt; it should hold the state after epoch {done}, as metrics.json records "
+                                f"({type(error).__name__}: {first})") from None
+    if ahead not in (0, 1) or not same_config(stored, config):
+        raise _damaged(run_dir, f"{checkpoint_path} and metrics.json do not belong together (the checkpoint "
+                                f"holds {done + ahead} epochs of {'the same' if same_config(stored, config) else 'another'}"
+                                f" config, metrics.json {done})")
+    return metrics, state
+
+
+def resume(run_dir, model, optimizer, scheduler, train_loader, device, log, label):
+    """The metrics so far; the objects restored from run_dir's checkpoint if it has one."""
+    metrics, state = read_run_folder(run_dir, device)
+    if state is None:
+        return None
+    try:
+        metrics = restore(state, model, optimizer, scheduler, train_loader)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise _damaged(run_dir, f"its checkpoint.pt does not fit this run's model or optimizer "
+                                f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    done = len(metrics["epochs"])
+    log(f"{label}: {run_dir} holds {done} of {metrics['config']['epochs']} epochs; "
+        + ("continuing" if done < metrics["config"]["epochs"] else "loaded, nothing to train"))
+    return metrics
+
+
 def fit(config, splits, run_dir, label=None, progress=True, log=print):
     """Train one run into `run_dir`, resuming from its checkpoint.pt if there is one.
 
-    After every epoch checkpoint.pt and metrics.json are rewritten atomically;
-    model.pt (the final state_dict) is written at the end. Returns (metrics, model).
+    After every epoch checkpoint.pt and metrics.json are rewritten atomically; model.pt (the final
+    state_dict) is written at the end. The folder is locked while this runs. Returns (metrics, model).
     """
     run_dir, label = Path(run_dir), label or run_label(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
-    device = splits["train"][0].device
-    metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
-               "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(),
-               "epochs": []}
-    if (run_dir / "checkpoint.pt").exists():
-        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
-        metrics = restore(state, model, optimizer, scheduler, train_loader)
-        done = len(metrics["epochs"])
-        log(f"{label}: {run_dir} holds {done} of {config.epochs} epochs; "
-            + ("continuing" if done < config.epochs else "loaded, nothing to train"))
-    check_every = 1 if device.type == "cpu" else 50
-    step_model = torch.compile(model) if config.compile else model  # checkpoints keep `model`'s names
-    with stop_requests() as should_stop:
+    with run_lock(run_dir), stop_requests() as should_stop:
+        model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
+        device = splits["train"][0].device
+        metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
+                   "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                   "epochs": []}
+        if (run_dir / "metrics.json").exists() or (run_dir / "checkpoint.pt").exists():
+            metrics = resume(run_dir, model, optimizer, scheduler, train_loader, device, log, label) or metrics
+        check_every = 1 if device.type == "cpu" else 50
+        step_model = torch.compile(model) if config.compile else model  # checkpoints keep `model`'s names
         for epoch in range(len(metrics["epochs"]) + 1, config.epochs + 1):
             start = time.perf_counter()
             try:
@@ -280,9 +342,20 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
                 row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["acc"]})
             row["seconds"] = time.perf_counter() - start
             metrics["epochs"].append(row)
-            save_torch(checkpoint_state(model, optimizer, scheduler, train_loader, metrics),
-                       run_dir / "checkpoint.pt")
-            save_json(metrics, run_dir / "metrics.json")
+            save_run_files(run_dir, label, epoch, metrics,
+                           checkpoint=checkpoint_state(model, optimizer, scheduler, train_loader, metrics))
             log(epoch_line(label, row, config.epochs))
-    save_torch(model.state_dict(), run_dir / "model.pt")
+        save_run_files(run_dir, label, len(metrics["epochs"]), metrics, final_model=model.state_dict())
     return metrics, model
+
+
+def save_run_files(run_dir, label, epoch, metrics, checkpoint=None, final_model=None):
+    """checkpoint.pt, then metrics.json (or model.pt at the end); a failed write stops the run cleanly."""
+    try:
+        if checkpoint is not None:
+            save_torch(checkpoint, run_dir / "checkpoint.pt")
+        save_json(metrics, run_dir / "metrics.json")
+        if final_model is not None:
+            save_torch(final_model, run_dir / "model.pt")
+    except WriteError as error:
+        raise WriteFailed(f"{label} epoch {epoch}: {error}", run_dir) from None

@@ -1,4 +1,5 @@
 """Fixtures: tiny synthetic MNIST in torchvision's raw file format, and the real copy if present."""
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,18 @@ def run_main(*args, cwd, timeout=300):
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_main(*args, cwd):
+    """python main.py ARGS started in the background, offline; returns the Popen."""
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished_epochs(run_dir):
+    """Epochs recorded in run_dir/metrics.json (0 if there is none yet)."""
+    try:
+        return len(json.loads((Path(run_dir) / "metrics.json").read_text())["epochs"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0

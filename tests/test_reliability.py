@@ -1,15 +1,12 @@
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 import utils
-from conftest import OFFLINE, ROOT, run_main
+from conftest import finished_epochs, run_main, start_main
 from data import load_mnist
 from system import save_torch
 from utils import Config, NonFiniteLoss, train_epoch
@@ -20,19 +17,6 @@ ARGS = ["--norm", "bn", "--l1", "1e-4", "--epochs", "6", "--device", "cpu", "--n
 def epochs_without_time(run_dir):
     rows = json.loads((run_dir / "metrics.json").read_text())["epochs"]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-def finished_epochs(run_dir):
-    try:
-        return len(json.loads((run_dir / "metrics.json").read_text())["epochs"])
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
-def start_main(*args, cwd):
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
