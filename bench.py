@@ -17,6 +17,9 @@ model (classic stays as published); `--norm` picks the model's normalization (BN
 CPU the process uses this repo's allocator setting (system.keep_freed_memory), classic included, since
 it is process-wide; `--malloc default` measures without it. Writes
 results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when not the default).
+
+`--norm-costs` instead times BN, GN and LN at every batch size of the sweep (a training step and an
+inference pass on one fixed batch, the norms taking turns) and writes results/bench_<device>_norms.json.
 """
 import argparse
 import json
@@ -39,6 +42,7 @@ from torchvision import datasets, transforms
 
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, load_mnist
 from model import NORMS, Net
+from sweep import BATCH_SIZES
 from system import cpu_name, keep_freed_memory
 from utils import Config, eval_batch_size
 
@@ -225,6 +229,72 @@ def ratios(times, steps, batch_size, slower, faster):
     return [epoch(slower, i) / epoch(faster, i) for i in range(len(times[slower]["train_times_s"]))]
 
 
+# ---- what each norm costs ----------------------------------------------------------
+def step_and_inference_times(model, optimizer, x, y, steps, device):
+    """(seconds per training step, seconds per inference batch) of `model` on one fixed batch."""
+    train_times, infer_times = [], []
+    model.train()
+    with timed(device, train_times):
+        for _ in range(steps):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad(), timed(device, infer_times):
+        for _ in range(steps):
+            model(x)
+    return train_times[0] / steps, infer_times[0] / steps
+
+
+def norm_costs(device, norms, batch_sizes, rounds, images_per_block):
+    """{norm: {batch: {'train_step_s': [...], 'inference_batch_s': [...]}}}, the norms taking turns.
+
+    Each round times every (batch size, norm) pair on a fixed batch (the bare model step, no data
+    pipeline); within a batch size the norms' order rotates from round to round.
+    """
+    torch.manual_seed(0)
+    models = {n: Net(n).to(device) for n in norms}
+    optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in models.items()}
+    times = {n: {b: {"train_step_s": [], "inference_batch_s": []} for b in batch_sizes} for n in norms}
+    for round_ in range(rounds + 1):  # round 0 warms every pair up and is not kept
+        for b in batch_sizes:
+            x, y = torch.randn(b, 1, 28, 28, device=device), torch.randint(0, 10, (b,), device=device)
+            steps = max(2, images_per_block // b)
+            for n in norms[round_ % len(norms):] + norms[:round_ % len(norms)]:
+                train_s, infer_s = step_and_inference_times(models[n], optimizers[n], x, y, steps, device)
+                if round_:
+                    times[n][b]["train_step_s"].append(train_s)
+                    times[n][b]["inference_batch_s"].append(infer_s)
+    return times
+
+
+def summarize_norm_costs(times):
+    """Medians over rounds: seconds per 60k-image training epoch, and inference images/s."""
+    return {n: {str(b): {"train_epoch_s": statistics.median(t["train_step_s"]) * math.ceil(TRAIN_IMAGES / b),
+                         "inference_images_per_s": b / statistics.median(t["inference_batch_s"]), **t}
+                for b, t in by_batch.items()} for n, by_batch in times.items()}
+
+
+def main_norm_costs(args):
+    """--norm-costs: every norm at every batch size, side by side; writes results/bench_<device>_norms.json."""
+    device = torch.device(args.device)
+    if args.malloc == "keep" and device.type == "cpu":
+        keep_freed_memory()
+    times = norm_costs(device, list(NORMS), list(BATCH_SIZES), args.rounds, args.cost_images)
+    report = {"args": vars(args), "hardware": hardware(device), "results": summarize_norm_costs(times)}
+    out = Path(args.out or f"results/bench_{device.type}_norms.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{'batch':>6} " + " ".join(f"{n.upper() + ' train s/epoch':>18} {n.upper() + ' infer img/s':>16}"
+                                      for n in NORMS))
+    for b in BATCH_SIZES:
+        row = report["results"]
+        print(f"{b:>6} " + " ".join(f"{row[n][str(b)]['train_epoch_s']:>18.1f} "
+                                    f"{row[n][str(b)]['inference_images_per_s']:>16,.0f}" for n in NORMS))
+    print(f"wrote {out}")
+
+
 def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
     model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
@@ -267,6 +337,9 @@ def parse_args(argv=None):
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                    help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
+    p.add_argument("--norm-costs", action="store_true",
+                   help="instead: time every norm at every batch size of the sweep, side by side")
+    p.add_argument("--cost-images", type=int, default=2048, help="--norm-costs: images per timed block")
     p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
     args = p.parse_args(argv)
     if args.quick:
@@ -284,6 +357,8 @@ def default_out(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.norm_costs:
+        return main_norm_costs(args)
     spec = Spec(args.device, args.data_dir, args.batch_size, args.norm, args.lever, args.warmup,
                 args.classic_workers, args.malloc)
     device = torch.device(args.device)

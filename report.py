@@ -74,6 +74,7 @@ def speed_section(path=RESULTS / "bench_cpu.json"):
 def levers_section(folder=RESULTS):
     """One row per bench_cpu*.json: model, lever, epoch times and the ratio measured in that run."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench_cpu*.json"))]
+    runs = [run for run in runs if "round_ratios" in run]  # not the --norm-costs file
     runs.sort(key=lambda r: (r["args"]["norm"] != "bn", r["args"]["norm"], r["args"]["lever"] != "none",
                              r["args"]["lever"], r["args"]["malloc"] != "keep"))
     lines = ["| model | lever (on ours and model) | ours epoch s | model epoch s | classic epoch s "
@@ -103,9 +104,56 @@ def compile_section(path=RESULTS / "compile_gn_seed0.json", study_path=RESULTS /
     return "\n".join(lines)
 
 
+def pm(spread):
+    return f"{spread['mean']:.2f} ± {spread['std']:.2f}"
+
+
+def batch_size_table(sweep):
+    """The sweep's summary as a Markdown table: one row per batch size, accuracy and time per norm."""
+    summary = {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
+    norms = [n for n in ("bn", "gn", "ln") if any(k[0] == n for k in summary)]
+    sizes = sorted({b for _, b in summary})
+    lines = ["| batch | peak LR | " + " | ".join(f"{n.upper()} test acc %" for n in norms)
+             + " | BN, batch stats | BN, recomputed stats | " + " | ".join(f"{n.upper()} s/epoch" for n in norms) + " |",
+             "|---:|---:|" + "---:|" * (2 * len(norms) + 2)]
+    for b in sizes:
+        cells = [summary.get((n, b)) for n in norms]
+        bn = summary.get(("bn", b), {})
+        extras = [pm(bn[k]) if k in bn else "-" for k in ("test_acc_batch_stats", "test_acc_precise_stats")]
+        lr = next(e for e in cells if e)["lr"]
+        lines.append(f"| {b} | {lr:.3g} | " + " | ".join(pm(e["test_acc"]) if e else "-" for e in cells)
+                     + " | " + " | ".join(extras) + " | "
+                     + " | ".join(f"{e['seconds_per_epoch']:.1f}" if e else "-" for e in cells) + " |")
+    return "\n".join(lines)
+
+
+def batch_size_section(path=RESULTS / "batch_size_sweep.json"):
+    sweep = json.loads(Path(path).read_text())
+    runs = sweep["runs"]
+    seeds = sorted({r["config"]["seed"] for r in runs})
+    first = runs[0]
+    return "\n".join([
+        batch_size_table(sweep), "",
+        f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
+        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)}, "
+        f"{first['cpu']}, {first['threads']} torch thread(s) per run."])
+
+
+def lr_rule_section(path=RESULTS / "batch_size_lr_rule.json"):
+    selection = json.loads(Path(path).read_text())
+    points = list(selection["summary"][0]["val_acc"])
+    lines = ["| LR rule | " + " | ".join(f"{p.split('/')[0].upper()}, batch {p.split('/')[1]}" for p in points)
+             + " | mean |", "|---|" + "---:|" * (len(points) + 1)]
+    for s in selection["summary"]:
+        lines.append(f"| {s['rule']} | " + " | ".join(f"{s['val_acc'][p]:.2f}%" for p in points)
+                     + f" | {s['mean_val_acc']:.2f}% |")
+    return "\n".join(lines)
+
+
 # block name -> the function that writes it
 SECTIONS = {"NORM_EXAMPLE": norm_example_markdown, "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
-            "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section}
+            "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section,
+            "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section}
 
 
 def blocks(text):

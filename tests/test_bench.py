@@ -6,6 +6,7 @@ import pytest
 
 from bench import ratios, summarize
 from conftest import ROOT
+from sweep import BATCH_SIZES
 
 
 @pytest.mark.parametrize("lever", ["none", "bf16"])
@@ -39,3 +40,18 @@ def test_epoch_ratio_counts_the_test_pass_and_scales_steps_to_an_epoch():
     assert results["ours"]["train_epoch_s"] == pytest.approx(0.2 * 938)
     assert results["classic"]["epoch_s"] == pytest.approx(0.4 * 938 + 2.0)
     assert results["ours"]["train_images_per_s"] == pytest.approx(10 * 64 / 2.0)
+
+
+def test_norm_costs_time_every_norm_at_every_batch_size(tmp_path):
+    out = tmp_path / "norms.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--norm-costs", "--device", "cpu",
+                             "--rounds", "2", "--cost-images", "8", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"bn", "gn", "ln"}
+    for by_batch in results.values():
+        assert list(by_batch) == [str(b) for b in BATCH_SIZES]
+        for cost in by_batch.values():
+            assert len(cost["train_step_s"]) == len(cost["inference_batch_s"]) == 2  # the warm-up round dropped
+            assert cost["train_epoch_s"] > 0 and cost["inference_images_per_s"] > 0

@@ -94,12 +94,15 @@ def test_notebook_runs_end_to_end_with_smoke_parameters(tiny_mnist, tmp_path, mo
     papermill = pytest.importorskip("papermill")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     papermill.execute_notebook(str(ROOT / "S5_Normalization.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu"},
+                               parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu",
+                                           "SWEEP_RERUN": True},
                                cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
     check_figures(tmp_path / "images")
     outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
-    assert len(shown) == 6  # both graphs, the train/test panel and the three grids
+    assert len(shown) == 7  # both graphs, the train/test panel, the three grids and the sweep
+    small = json.loads((tmp_path / "results" / "batch_size_sweep_small.json").read_text())
+    assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
 
 
 def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
