@@ -25,9 +25,9 @@ import torch.nn as nn
 
 from data import DataError, DeviceLoader, default_data_dir, load_mnist
 from model import NORMS
-from system import keep_freed_memory, locked, save_json
-from utils import (Config, Interrupted, NonFiniteLoss, continue_or_new_run_dir, eval_batch_size, evaluate,
-                   fit, get_device, same_config)
+from system import RunFolderError, WriteError, keep_freed_memory, locked, save_json
+from utils import (Config, Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, eval_batch_size,
+                   evaluate, fit, get_device, same_config)
 
 ROOT = Path(__file__).resolve().parent
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -36,7 +36,7 @@ EPOCHS = 3  # the same budget at every batch size: 3 epochs, i.e. 180,000 traini
 BASE_LR, BASE_BATCH, LR_CAP = 0.01, 64, 0.05  # the study's peak LR at its batch size, and a ceiling
 LR_RULES = {"constant": lambda b: 1.0, "sqrt": lambda b: math.sqrt(b / BASE_BATCH),
             "linear": lambda b: b / BASE_BATCH}
-LR_RULE = "sqrt"  # chosen on the validation split by --select-lr: results/batch_size_lr_rule.json
+LR_RULE = "constant"  # chosen on the validation split by --select-lr: results/batch_size_lr_rule.json
 SELECTION_BATCH_SIZES, SELECTION_VAL_SPLIT = (512, 4), 10_000  # where the rules differ most
 PRECISE_IMAGES, PRECISE_BATCH = 10_000, 500  # BN statistics recomputed over this many training images
 
@@ -273,13 +273,13 @@ def main(argv=None):
     try:
         splits = load_mnist(base.data_dir, device, SELECTION_VAL_SPLIT if args.select_lr else 0)
         run_all(shard_of(configs, args.shard), splits, args.out, results, summarize)
-    except DataError as error:
+    except (DataError, RunFolderError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except (NonFiniteLoss, Interrupted) as error:
+    except (NonFiniteLoss, Interrupted, WriteFailed) as error:
         print(f"\nstopped in {error}; finished runs are in {results}. Run the same command again to go on.",
               file=sys.stderr)
-        return 130 if isinstance(error, Interrupted) else 3
+        return {Interrupted: 130, NonFiniteLoss: 3, WriteFailed: 4}[type(error)]
     if not args.select_lr:
         from plots import save_batch_size_figure  # matplotlib only where a figure is drawn
         print(f"wrote {save_batch_size_figure(load_results(results), args.images)}")
