@@ -23,7 +23,11 @@ BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
 
 def hardware_line(metrics):
-    return f"device `{metrics['device']}`, torch {metrics['torch']}"
+    """Where a run was made: device, torch, and (recorded since the CPU mattered) CPU and torch threads."""
+    where = f"device `{metrics['device']}`, torch {metrics['torch']}"
+    if "cpu" in metrics:
+        where += f", {metrics['cpu']}, {metrics['threads']} torch thread(s)"
+    return where
 
 
 def study_section(path=RESULTS / "study.json"):
@@ -135,8 +139,7 @@ def batch_size_section(path=RESULTS / "batch_size_sweep.json"):
     return "\n".join([
         batch_size_table(sweep), "",
         f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
-        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)}, "
-        f"{first['cpu']}, {first['threads']} torch thread(s) per run."])
+        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)} per run."])
 
 
 def lr_rule_section(path=RESULTS / "batch_size_lr_rule.json"):
