@@ -93,15 +93,15 @@ def levers_section(folder=RESULTS):
     return "\n".join(lines)
 
 
-def compile_section(path=RESULTS / "compile_gn_seed0.json", study_path=RESULTS / "study.json"):
-    """The `--compile` run next to the study's plain run with the same config and seed."""
+def compile_section(path=RESULTS / "compile_gn_seed0.json", study_path=RESULTS / "study_amd_epyc.json"):
+    """The `--compile` run next to the plain study run with the same config and seed, made on the same machine."""
     compiled = json.loads(Path(path).read_text())
     config = {k: v for k, v in compiled["config"].items() if k not in ("compile", "data_dir", "device")}
     plain = next(run for run in json.loads(Path(study_path).read_text())["runs"]
                  if all(run["config"].get(k) == v for k, v in config.items()))
     lines = ["| GN, seed 0, 20 epochs | final test acc | best test acc | epoch 1 s | median s, epochs 2-20 |",
              "|---|---:|---:|---:|---:|"]
-    for label, run in (("plain (in `results/study.json`)", plain), ("`--compile`", compiled)):
+    for label, run in ((f"plain (in `results/{Path(study_path).name}`)", plain), ("`--compile`", compiled)):
         epochs = run["epochs"]
         lines.append(f"| {label} | {epochs[-1]['test_acc']:.2f}% | {max(e['test_acc'] for e in epochs):.2f}% | "
                      f"{epochs[0]['seconds']:.1f} | {statistics.median(e['seconds'] for e in epochs[1:]):.1f} |")
