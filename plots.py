@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 import numpy as np
 import torch
 
@@ -69,6 +70,13 @@ def plot_metric(runs, key, title, ylabel, percent=False, ax=None):
     return fig
 
 
+def plain_log_axis(ax):
+    """A log y axis whose ticks read 0.5, 1, 2, 5 rather than 5x10^-1."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+
+
 def plot_error_log(runs, ax):
     """Test error (100 - accuracy, %) of every epoch on a log axis: the early epochs the zoom leaves out."""
     for label, (_, values) in curves(runs, "test_acc").items():
@@ -77,7 +85,7 @@ def plot_error_log(runs, ax):
         ax.plot(epochs, error.mean(1), marker="o", ms=3, color=COLORS.get(label), label=label)
         if error.shape[1] > 1:
             ax.fill_between(epochs, error.min(1), error.max(1), color=COLORS.get(label), alpha=0.15)
-    ax.set_yscale("log")
+    plain_log_axis(ax)
     ax.set(title="Test error, every epoch (log scale)", xlabel="epoch", ylabel="test error (%, log scale)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3, which="both")
@@ -223,7 +231,8 @@ def plot_batch_size(sweep):
     epochs = sweep["summary"][0]["epochs"]
     first = sweep["runs"][0]
     error_ax.set(title=f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)",
-                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)", yscale="log")
+                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
+    plain_log_axis(error_ax)
     time_ax.set(title=f"Time per epoch (train + test pass)\n{first.get('cpu', first['device'])}, "
                       f"{first.get('threads', '?')} thread(s)",
                 xlabel="training batch size (log2 scale)", ylabel="seconds per epoch", ylim=(0, None))
