@@ -139,7 +139,10 @@ def batch_size_section(path=RESULTS / "batch_size_sweep.json"):
     return "\n".join([
         batch_size_table(sweep), "",
         f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
-        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)} per run."])
+        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)} per run; "
+        f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
+        f"testing in all, two or three runs at a time on the 2-core machine (so the seconds are those of a "
+        f"shared machine)."])
 
 
 def lr_rule_section(path=RESULTS / "batch_size_lr_rule.json"):
@@ -165,11 +168,28 @@ def speed_summary_section(path=RESULTS / "bench_cpu.json"):
             f"{report['ratio_classic_over_model']:.2f}x here.")
 
 
+def norm_costs_section(path=RESULTS / "bench_cpu_norms.json"):
+    """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py --norm-costs)."""
+    report = json.loads(Path(path).read_text())
+    results, hw, args = report["results"], report["hardware"], report["args"]
+    norms = list(results)
+    lines = ["| batch | " + " | ".join(f"{n.upper()} train s/epoch" for n in norms) + " | "
+             + " | ".join(f"{n.upper()} inference images/s" for n in norms) + " |",
+             "|---:|" + "---:|" * (2 * len(norms))]
+    for b in results[norms[0]]:
+        lines.append(f"| {b} | " + " | ".join(f"{results[n][b]['train_epoch_s']:.1f}" for n in norms) + " | "
+                     + " | ".join(f"{results[n][b]['inference_images_per_s']:,.0f}" for n in norms) + " |")
+    lines += ["", f"From `results/bench_cpu_norms.json`: {hw['processor']}, {hw['torch_threads']} torch threads, "
+                  f"torch {hw['torch']}; the bare model step on one fixed batch (no data pipeline), medians of "
+                  f"{args['rounds']} rounds in which the norms take turns; a training epoch is 60,000 images."]
+    return "\n".join(lines)
+
+
 # block name -> the function that writes it
 SECTIONS = {"NORM_EXAMPLE": norm_example_markdown, "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
             "SPEED_SUMMARY": speed_summary_section,
             "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section,
-            "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section}
+            "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section}
 
 
 def blocks(text):
