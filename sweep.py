@@ -195,7 +195,8 @@ def remaining_seconds(todo, seconds_by_batch):
 
 def run_all(configs, splits, out, results_path, summarize, log=print):
     """Fit every config not yet recorded in `results_path`, recording each as soon as it ends."""
-    todo = [c for c in configs if not find_run(load_results(results_path)["runs"], c)]
+    recorded = load_results(results_path)["runs"]
+    todo = [c for c in configs if not find_run(recorded, c)]
     log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {results_path}; {len(todo)} to go")
     seconds_by_batch = {}
     while todo:

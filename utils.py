@@ -288,10 +288,11 @@ def read_run_folder(run_dir, device="cpu"):
         raise _damaged(run_dir, f"{checkpoint_path} ({checkpoint_path.stat().st_size:,} bytes) is truncated or "
                                 f"corrupt; it should hold the state after epoch {done}, as metrics.json records "
                                 f"({type(error).__name__}: {first})") from None
-    if ahead not in (0, 1) or not same_config(stored, config):
+    same = same_config(stored, config)
+    if ahead not in (0, 1) or not same:
         raise _damaged(run_dir, f"{checkpoint_path} and metrics.json do not belong together (the checkpoint "
-                                f"holds {done + ahead} epochs of {'the same' if same_config(stored, config) else 'another'}"
-                                f" config, metrics.json {done})")
+                                f"holds {done + ahead} epochs of {'the same' if same else 'another'} config, "
+                                f"metrics.json {done})")
     return metrics, state
 
 
