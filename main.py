@@ -1,35 +1,40 @@
 """Train the MNIST CNN with BN, GN or LN from a shell; `--norm all` runs the whole study.
 
     python main.py --norm gn --epochs 20
-    python main.py --norm all --epochs 20 --seeds 0 1 2
+    python main.py --norm all --epochs 20 --seeds 0 1 2      # on every core (Ray); --workers 1: in this process
     python main.py --resume runs/gn_seed0
 """
 import argparse
+import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+from config import OPTIMIZERS, STUDY_L1, VARIANTS, Config, run_name
 from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
-from model import WIDTHS
-from study import STUDY_L1, run_study, save_study, summary_table
-from system import (RunFolderError, WriteError, check_output_dir, exclusive, keep_freed_memory,
-                    new_run_dir)
-from utils import Config, Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, read_run_folder
+from model import NORMS, WIDTHS
+from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command
+from study import STUDY_VARIANTS, results_file, run_study, summary_table
+from system import RunFolderError, WriteError, check_output_dir, keep_freed_memory, new_run_dir
+from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, read_run_folder
 
 # flags that --resume accepts with a value other than the run's: they don't change what is computed
-FREE_ON_RESUME = {"data_dir", "out", "no_progress", "resume"}
+FREE_ON_RESUME = {"data_dir", "out", "no_progress", "resume", "workers", "address", "gpus_per_run"}
 
 
 def make_parser():
     d = Config()
-    p = argparse.ArgumentParser(description="Batch/Group/Layer Normalization on MNIST.",
+    p = argparse.ArgumentParser(description="Batch/Group/Layer Normalization on MNIST.", epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
-    add("--norm", default=d.norm, choices=["bn", "gn", "ln", "all"],
-        help="normalization layers; 'all' runs the study: GN, LN and BN+L1")
+    add("--norm", default=d.norm, choices=[*NORMS, "all"],
+        help="normalization layers; 'all' runs the study: " + ", ".join(VARIANTS[k].label for k in STUDY_VARIANTS))
+    add("--variants", nargs="+", default=list(STUDY_VARIANTS), choices=list(VARIANTS),
+        help="--norm all: the variants to train (other than the default: results in RESULTS/study_<keys>.json)")
     add("--epochs", type=int, default=d.epochs, help="training epochs")
     add("--batch-size", type=int, default=d.batch_size, help="training batch size")
     add("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
+    add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimizer")
     add("--l1", type=float, default=None,
         help=f"L1 lambda on conv weights; unset: 0 for one run, {STUDY_L1} for BN+L1 in the study")
     add("--gn-groups", type=int, default=d.gn_groups, help="GroupNorm groups for --norm gn")
@@ -45,12 +50,13 @@ def make_parser():
     add("--compile", action="store_true", default=d.compile,
         help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay, see README)")
     add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
-    add("--results", default="results", help="folder for the study's combined results JSON")
-    add("--images", default="images", help="folder for the study's figures")
+    add("--results", default="results", help="--norm all: folder for study.json and models/ (final weights)")
+    add("--images", default="images", help="--norm all: folder for the study's figures")
     add("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
     add("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     add("--no-progress", action="store_true", help="no progress bar, only one line per epoch")
     add("--dry-run", action="store_true", help="smoke test: 1 epoch on 1,000 training images")
+    add_engine_flags(p)
     return p
 
 
@@ -112,10 +118,6 @@ def check_outputs(args):
         check_output_dir(path, flag)
 
 
-def run_name(config):
-    return f"{config.norm}{'_l1' if config.l1 else ''}_seed{config.seed}"
-
-
 def run_one(config, splits, args):
     run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, run_name(config), args.overwrite)
     print(f"run {run_dir}: {config.norm.upper()} l1={config.l1} seed={config.seed} on {splits['train'][0].device}")
@@ -124,32 +126,31 @@ def run_one(config, splits, args):
           f"({metrics['params']} parameters); wrote {run_dir}/metrics.json and model.pt")
 
 
-def study(config, splits, args, seeds):
-    from plots import save_figures, study_figures  # matplotlib only where figures are drawn
-
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    with exclusive(results / ".study.lock", f"the study writing {results}"):
-        runs, models = run_study(config, seeds, splits, args.out, args.l1, args.overwrite,
-                                 progress=not args.no_progress)
-        summary = save_study(runs, results)
-        print(f"wrote {results / 'study.json'}")
-        for path in save_figures(study_figures(runs, models, splits["test"]), args.images):
+def study(config, args):
+    """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote."""
+    engine = dict(out=args.out, workers=args.workers, address=args.address, gpus_per_run=args.gpus_per_run)
+    seeds = args.seeds or [config.seed]
+    code = run_command(lambda: run_study(config, seeds, args.results, args.variants, args.l1, **engine),
+                       results_file(args.results, args.variants), config.data_dir, config.device)
+    if code:
+        return code
+    summary = json.loads(results_file(args.results, args.variants).read_text())["summary"]
+    if tuple(args.variants) == STUDY_VARIANTS:
+        from plots import redraw_study  # matplotlib only where figures are drawn
+        for path in redraw_study(args.results, args.images, config.data_dir):
             print(f"wrote {path}")
     print(summary_table(summary))
+    return 0
 
 
 def train(args, config):
-    """Load the data and train what `args` asks for: one run per seed, or the study."""
+    """Load the data and train one run per seed."""
     device = get_device(config.device)
     if device.type == "cpu":
         keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
     splits = load_mnist(config.data_dir, device, config.val_split, config.train_subset)
-    if args.norm == "all":
-        study(config, splits, args, args.seeds or [config.seed])
-    else:
-        for seed in args.seeds or [config.seed]:
-            run_one(replace(config, seed=seed), splits, args)
+    for seed in args.seeds or [config.seed]:
+        run_one(replace(config, seed=seed), splits, args)
 
 
 def error_message(error):
@@ -173,6 +174,7 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    check_engine_args(parser, args)
     try:
         if args.resume:
             config, done = resume_config(parser, args, given_flags(parser, argv, args))
@@ -186,6 +188,8 @@ def main(argv=None):
         except ValueError as error:
             parser.error(str(error))
         check_outputs(args)
+        if args.norm == "all":
+            return study(config, args)
         train(args, config)
     except (DataError, RunFolderError, WriteError, NonFiniteLoss, Interrupted, WriteFailed) as error:
         code, message = error_message(error)

@@ -1,4 +1,4 @@
-"""The study's figures, drawn from result files and saved models alone; no training.
+"""Every figure, drawn from result files and saved weights alone; no training.
 
     python plots.py                 # redraw every figure into images/ from results/
     python plots.py --out /tmp/fig  # ... into another folder
@@ -13,17 +13,15 @@ from matplotlib.ticker import FuncFormatter
 import numpy as np
 import torch
 
-from data import MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, load_mnist_split, to_device
+from config import VARIANTS, config_from_record, run_name, variant_key
+from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, eval_batch_size,
+                  load_mnist_split, to_device)
 from model import Net
-from study import VARIANTS, by_variant
+from study import by_variant
 from system import WriteError, atomic_write
-from utils import eval_batch_size
-
-ROOT = Path(__file__).resolve().parent
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
-COLORS = {"GN": "tab:blue", "LN": "tab:orange", "BN+L1": "tab:green"}
-FILE_KEYS = {label: key for key, (label, _) in VARIANTS.items()}  # "BN+L1" -> "bn_l1"
+COLORS = {v.label: v.color for v in VARIANTS.values()}  # by label: "BN+L1" -> its colour
 
 
 def curves(runs, key):
@@ -165,21 +163,23 @@ def curve_figures(runs):
     }
 
 
-def misclassified_figures(runs, models, test_split):
-    """{file stem: 5x2 grid} for every `models` entry (label -> the first seed's model)."""
+def misclassified_figures(runs, models_dir, test_split):
+    """{file stem: 5x2 grid} of the first seed's model of every variant, its weights read from `models_dir`."""
     loader = DeviceLoader(*test_split, batch_size=eval_batch_size(test_split[0].device))
     figures = {}
-    for label, model in models.items():
-        first_seed = next(run for run in runs if run["variant"] == label)
-        found = collect_misclassified(model, loader, limit=10)
-        figures[f"misclassified_{FILE_KEYS.get(label, label.lower())}"] = plot_misclassified(
+    for label, group in by_variant(runs).items():
+        first_seed = group[0]
+        found = collect_misclassified(load_model(model_path(models_dir, first_seed), first_seed["config"]), loader)
+        figures[f"misclassified_{variant_key(config_from_record(first_seed['config']))}"] = plot_misclassified(
             found, f"{label}, seed {first_seed['config']['seed']}", first_seed["epochs"][-1]["test_acc"])
     return figures
 
 
-def study_figures(runs, models, test_split):
-    """{file stem: figure} of the whole study; `models` maps label -> the model whose errors are shown."""
-    figures = {**curve_figures(runs), **misclassified_figures(runs, models, test_split)}
+def study_figures(results_dir, data_dir, name="study.json"):
+    """{file stem: figure} of the study, from results_dir/study.json and the weights in results_dir/models."""
+    runs = json.loads((Path(results_dir) / name).read_text())["runs"]
+    test_split = to_device(*load_mnist_split(data_dir, train=False), torch.device("cpu"))
+    figures = {**curve_figures(runs), **misclassified_figures(runs, Path(results_dir) / "models", test_split)}
     for fig in figures.values():
         plt.close(fig)  # a notebook shows each one where it asks, with display(fig)
     return figures
@@ -197,108 +197,156 @@ def save_figures(figures, images_dir):
 
 
 # ---- the batch-size sweep ------------------------------------------------------------------
-NORM_COLORS = {"bn": "tab:green", "gn": "tab:blue", "ln": "tab:orange"}
 BN_EXTRAS = {"test_acc_batch_stats": ("--", "BN, tested with batch statistics"),
              "test_acc_precise_stats": (":", "BN, running statistics recomputed after training")}
 
 
-def plot_error_band(ax, entries, key, color, style, label):
+def plot_error_band(ax, entries, key, color, style, label, marker="o", fill=True):
     """Mean test error over seeds of `key` against batch size, with the min-max range as a band."""
     entries = [e for e in entries if key in e]
     if not entries:
         return
     sizes = [e["batch_size"] for e in entries]
-    ax.plot(sizes, [100 - e[key]["mean"] for e in entries], style, marker="o", ms=4, color=color, label=label)
+    ax.plot(sizes, [100 - e[key]["mean"] for e in entries], style, marker=marker, ms=5, color=color, label=label,
+            mfc=None if fill else "white")
     ax.fill_between(sizes, [100 - e[key]["max"] for e in entries], [100 - e[key]["min"] for e in entries],
                     color=color, alpha=0.15 if style == "-" else 0.07)
 
 
-def plot_batch_size(sweep):
-    """Test error (left) and seconds per epoch (right) against the training batch size, one line per norm."""
+def by_norm(summary):
+    groups = {}
+    for entry in summary:
+        groups.setdefault(entry["norm"], []).append(entry)
+    return groups
+
+
+def plot_batch_size(sweep, costs=None, equal_steps=None):
+    """Test error against the training batch size, one line per norm (left); seconds per epoch (right).
+
+    `equal_steps` (hollow markers): large batches trained for as many steps as batch 64.
+    `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
+    """
     fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
-    by_norm = {}
-    for entry in sweep["summary"]:
-        by_norm.setdefault(entry["norm"], []).append(entry)
-    for norm, entries in by_norm.items():
-        color = NORM_COLORS.get(norm)
-        plot_error_band(error_ax, entries, "test_acc", color, "-", norm.upper())
+    for norm, entries in by_norm(sweep["summary"]).items():
+        color = VARIANTS[norm].color
+        plot_error_band(error_ax, entries, "test_acc", color, "-", f"{norm.upper()}, {entries[0]['epochs']} epochs")
         for key, (style, label) in BN_EXTRAS.items():
             plot_error_band(error_ax, entries, key, color, style, label)
-        time_ax.plot([e["batch_size"] for e in entries], [e["seconds_per_epoch"] for e in entries],
-                     marker="o", ms=4, color=color, label=norm.upper())
+    for norm, entries in by_norm(equal_steps["summary"] if equal_steps else []).items():
+        plot_error_band(error_ax, entries, "test_acc", VARIANTS[norm].color, "-", f"{norm.upper()}, the steps of "
+                        f"batch 64 ({', '.join(str(e['epochs']) for e in entries)} epochs)", marker="s", fill=False)
     sizes = sorted({e["batch_size"] for e in sweep["summary"]})
     seeds = max(len(e["seeds"]) for e in sweep["summary"])
     epochs = sweep["summary"][0]["epochs"]
-    first = sweep["runs"][0]
     error_ax.set(title=f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)",
                  xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
     plain_log_axis(error_ax)
-    time_ax.set(title=f"Time per epoch (train + test pass)\n{first.get('cpu', first['device'])}, "
-                      f"{first.get('threads', '?')} thread(s)",
-                xlabel="training batch size (log2 scale)", ylabel="seconds per epoch", ylim=(0, None))
+    if costs:
+        plot_costs(time_ax, costs)
     for ax in (error_ax, time_ax):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_costs(ax, costs):
+    """Seconds per training epoch of each norm against batch size, from bench.py --norm-costs."""
+    for norm, by_batch in costs["results"].items():
+        sizes = sorted(by_batch, key=int)
+        ax.plot([int(b) for b in sizes], [by_batch[b]["train_epoch_s"] for b in sizes], marker="o", ms=4,
+                color=VARIANTS[norm].color, label=norm.upper())
+    hw = costs["hardware"]
+    ax.set(title=f"Training time per epoch (bench.py --norm-costs)\n{hw['processor']}, {hw['torch_threads']} "
+                 f"thread(s), the norms measured side by side", xlabel="training batch size (log2 scale)",
+           ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
+
+
+def redraw_batch_size(results_dir, images_dir):
+    """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path."""
+    read = lambda name: json.loads((Path(results_dir) / name).read_text()) if (Path(results_dir) / name).exists() \
+        else None  # noqa: E731
+    fig = plot_batch_size(read("batch_size_sweep.json"), read("bench_cpu_norms.json"),
+                          read("batch_size_equal_steps.json"))
+    path = save_figures({"batch_size": fig}, images_dir)[0]
+    plt.close(fig)
+    return path
+
+
+# ---- the learning-rate range -----------------------------------------------------------------
+def plot_lr_range(summary):
+    """Test error against peak LR (log-log), one panel per optimizer, one line per norm; x: a seed diverged."""
+    optimizers = list(dict.fromkeys(e["optimizer"] for e in summary))
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers), 5), dpi=DPI, squeeze=False)
+    for ax, optimizer in zip(axes[0], optimizers):
+        for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
+            color, done = VARIANTS[norm].color, [e for e in entries if "test_acc" in e]
+            lrs = [e["lr"] for e in done]
+            ax.plot(lrs, [100 - e["test_acc"]["mean"] for e in done], marker="o", ms=4, color=color, label=norm.upper())
+            ax.fill_between(lrs, [100 - e["test_acc"]["max"] for e in done], [100 - e["test_acc"]["min"] for e in done],
+                            color=color, alpha=0.15)
+            diverged = [e["lr"] for e in entries if e["diverged"]]
+            ax.plot(diverged, [90] * len(diverged), "x", ms=9, mew=2, color=color,
+                    label=f"{norm.upper()}: a seed diverged" if diverged else None)
+        seeds = max(len(e["seeds"]) for e in summary)
+        ax.set_xscale("log")
+        plain_log_axis(ax)
+        ax.set(title=f"{optimizer.upper() if optimizer == 'sgd' else 'Adam'}: test error after "
+                     f"{summary[0]['epochs']} epochs, mean of {seeds} seeds (band: min-max)",
+               xlabel="peak learning rate of the one-cycle schedule (log scale)", ylabel="test error (%, log scale)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def save_batch_size_figure(sweep, images_dir):
-    """images_dir/batch_size.png from a batch-size sweep's results; returns its path."""
-    fig = plot_batch_size(sweep)
-    path = save_figures({"batch_size": fig}, images_dir)[0]
+def redraw_lr_range(results_path, images_dir):
+    """images_dir/lr_range.png from the LR-range results file; returns its path."""
+    fig = plot_lr_range(json.loads(Path(results_path).read_text())["summary"])
+    path = save_figures({"lr_range": fig}, images_dir)[0]
     plt.close(fig)
     return path
 
 
 # ---- redrawing from committed files ----------------------------------------------------
 def model_path(models_dir, run):
-    """Where the saved weights of a study run live: models_dir/<variant key>_seed<seed>.pt."""
-    return Path(models_dir) / f"{FILE_KEYS.get(run['variant'], run['variant'].lower())}_seed{run['config']['seed']}.pt"
+    """Where the runner saved a run's final weights: models_dir/<run name>.pt."""
+    return Path(models_dir) / f"{run_name(config_from_record(run['config']))}.pt"
 
 
 def load_model(path, config):
     """The Net of a run's `config` (a dict) with the weights saved at `path`, in eval mode on the CPU."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing: the figures need the saved weights of the first seed of each "
+                                f"variant (see README, Results)")
     model = Net(config["norm"], config["gn_groups"], config["dropout"])
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
-def saved_models(runs, models_dir):
-    """{label: model} of the first seed of each variant, loaded from `models_dir`."""
-    models = {}
-    for label, group in by_variant(runs).items():
-        path = model_path(models_dir, group[0])
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: the misclassified grids need the saved weights "
-                                    f"of the first seed of each variant (see README, Results)")
-        models[label] = load_model(path, group[0]["config"])
-    return models
+def redraw_study(results_dir, out, data_dir):
+    """The study's figures into `out`; returns their paths."""
+    figures = study_figures(results_dir, data_dir)
+    return save_figures(figures, out)
 
 
 def redraw(results_dir, out, data_dir):
-    """Every figure into `out`, from results_dir/study.json, results_dir/models/ and the sweep's results."""
-    runs = json.loads((Path(results_dir) / "study.json").read_text())["runs"]
-    figures = curve_figures(runs)
-    models = saved_models(runs, Path(results_dir) / "models")
-    test_split = to_device(*load_mnist_split(data_dir, train=False), torch.device("cpu"))
-    figures.update(misclassified_figures(runs, models, test_split))
-    sweep_path = Path(results_dir) / "batch_size_sweep.json"
-    if sweep_path.exists():
-        figures["batch_size"] = plot_batch_size(json.loads(sweep_path.read_text()))
-    paths = save_figures(figures, out)
-    for fig in figures.values():
-        plt.close(fig)
+    """Every figure whose results file is in `results_dir`, into `out`; returns the paths."""
+    paths = redraw_study(results_dir, out, data_dir)
+    if (Path(results_dir) / "batch_size_sweep.json").exists():
+        paths.append(redraw_batch_size(results_dir, out))
     return paths
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Redraw the study's figures from committed result files.",
+    p = argparse.ArgumentParser(description="Redraw every figure from committed result files.",
+                                epilog="Relative paths are relative to the working folder.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--results", default=str(ROOT / "results"), help="folder with study.json and models/")
-    p.add_argument("--out", default=str(ROOT / "images"), help="folder the PNG files are written to")
+    p.add_argument("--results", default="results", help="folder with study.json, models/ and the other results")
+    p.add_argument("--out", default="images", help="folder the PNG files are written to")
     p.add_argument("--data-dir", default=None, help="MNIST root for the test images (unset: $MNIST_DATA_DIR, else ./data)")
     args = p.parse_args(argv)
     try:

@@ -1,56 +1,52 @@
-"""The study: GN, LN and BN+L1 for several seeds, each a `utils.fit` run, and its summary over seeds."""
+"""The study: GN, LN and BN+L1 at one recipe over several seeds; its configs, its summary and its table.
+
+`runner.run_configs` trains the runs and records them in RESULTS/study.json, with each run's final
+weights in RESULTS/models/; `plots.study_figures` draws the figures from those files.
+"""
 import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from system import new_run_dir, save_json
-from utils import continue_or_new_run_dir, fit
+from config import VARIANTS, config_from_record, variant_key
+from runner import run_configs
 
-STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
-# key -> (label on figures, settings that differ from the shared recipe)
-VARIANTS = {
-    "gn": ("GN", {"norm": "gn"}),
-    "ln": ("LN", {"norm": "ln"}),
-    "bn_l1": ("BN+L1", {"norm": "bn", "l1": STUDY_L1}),
-}
+STUDY_VARIANTS = ("gn", "ln", "bn_l1")  # the mission's three; "bn" (no L1) is the control of the shift study
 TARGET_ACC = 99.4  # percent; the accuracy goal the summary tracks
 
 
-def study_configs(base, seeds):
-    """(key, label, config) of every variant for every seed, seed-major."""
+def study_configs(base, seeds, variants=STUDY_VARIANTS, l1=None):
+    """Every variant for every seed, seed-major; `l1` replaces the lambda of variants that have one."""
+    configs = []
     for seed in seeds:
-        for key, (label, overrides) in VARIANTS.items():
-            yield key, label, replace(base, seed=seed, **overrides)
+        for key in variants:
+            config = replace(base, seed=seed, **VARIANTS[key].settings)
+            configs.append(replace(config, l1=l1) if l1 is not None and config.l1 else config)
+    return configs
 
 
-def run_study(base, seeds, splits, out, l1=None, overwrite=False, progress=True, log=print, reuse=False):
-    """Fit GN, LN and BN+L1 for every seed; returns (runs, {label: first seed's model}).
+def results_file(results_dir, variants=STUDY_VARIANTS):
+    """RESULTS/study.json for the mission's three variants, RESULTS/study_<keys>.json for others."""
+    name = "study" if tuple(variants) == STUDY_VARIANTS else "study_" + "_".join(variants)
+    return Path(results_dir) / f"{name}.json"
 
-    `l1` replaces the BN+L1 lambda (default STUDY_L1); each run keeps its own folder in `out`.
-    With `reuse`, a folder that holds a run of the same config is continued (or, if finished,
-    loaded) instead of trained again.
+
+def run_study(base, seeds, results_dir, variants=STUDY_VARIANTS, l1=None, **engine):
+    """Train every run of the study not yet recorded; returns all its runs (see runner.run_configs).
+
+    The results file is results_file(results_dir, variants); weights go to results_dir/models.
+    `engine`: out, workers, address, gpus_per_run, log.
     """
-    runs, models = [], {}
-    for key, label, config in study_configs(base, seeds):
-        if l1 is not None and config.l1:
-            config = replace(config, l1=l1)
-        name = f"{key}_seed{config.seed}"
-        run_dir = (continue_or_new_run_dir(out, name, config, overwrite) if reuse
-                   else new_run_dir(out, name, overwrite))
-        metrics, model = fit(config, splits, run_dir, label, progress, log)
-        runs.append({"variant": label, **metrics})
-        models.setdefault(label, model)
-    return runs, models
+    order = {key: i for i, key in enumerate(variants)}
+    return run_configs(study_configs(base, seeds, variants, l1), results_file(results_dir, variants), summarize,
+                       models_dir=Path(results_dir) / "models",
+                       order=lambda run: (run["config"]["seed"], order[run_key(run)]), **engine)
 
 
-def save_study(runs, results_dir):
-    """results_dir/study.json: the summary and every run's config and per-epoch metrics."""
-    summary = summarize(runs)
-    Path(results_dir).mkdir(parents=True, exist_ok=True)
-    save_json({"summary": summary, "runs": runs}, Path(results_dir) / "study.json")
-    return summary
+def run_key(run):
+    """The variant key of a recorded run: 'gn', 'bn_l1', ..."""
+    return variant_key(config_from_record(run["config"]))
 
 
 def summary_table(summary):

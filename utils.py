@@ -1,10 +1,10 @@
-"""Training: the defaults of a run, the L1 penalty, one epoch of training, evaluation, and a whole
-run with checkpoints and resume (`fit`). The training loop lives here, all of it.
+"""Training: the L1 penalty, one epoch of training, evaluation, and a whole run with checkpoints and
+resume (`fit`). The training loop lives here, all of it; the settings of a run are `config.Config`.
 """
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DeviceLoader
+from config import SGD_MOMENTUM, Config, run_label
+from data import DeviceLoader, eval_batch_size
 from model import Net, count_parameters
 from system import (RunFolderError, WriteError, cpu_name, new_run_dir, run_lock, save_json, save_torch,
                     stop_requests)
-
-
-@dataclass
-class Config:
-    """Every setting of one run; the CLI flags and the notebook both fill this."""
-    norm: str = "bn"          # bn | gn | ln
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.01          # peak learning rate of Adam's one-cycle schedule
-    weight_decay: float = 0.0  # Adam's L2 penalty (0 = off)
-    l1: float = 0.0           # lambda of the L1 penalty on conv weights (0 = off)
-    gn_groups: int = 4        # groups of GroupNorm for norm="gn"
-    dropout: float = 0.05
-    degrees: float = 8.0      # training augmentation: max rotation, degrees
-    shift: float = 2.0        # training augmentation: max shift, pixels
-    seed: int = 0
-    val_split: int = 0        # training images held out for validation (0 = none)
-    train_subset: int = 0     # train on the first N images only (0 = all)
-    data_dir: str = "data"
-    device: str = "auto"      # auto | cpu | cuda | mps
-    compile: bool = False     # torch.compile the model (the first epoch compiles; see README, Speed)
 
 
 # ---- setup ----------------------------------------------------------------
@@ -63,15 +43,6 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-def eval_batch_size(device):
-    """Test batch size: 1,000 on a GPU; 256 on a CPU, which the committed CPU results used.
-
-    (256 was chosen because 1,000 ran slower on a CPU; that gap was page faults, which
-    keep_freed_memory removes, so 256 stays only to keep those results reproducible.)
-    """
-    return 256 if device.type == "cpu" else 1000
-
-
 # ---- the L1 penalty ---------------------------------------------------------
 def l1_weights(model):
     """The tensors L1 covers: the weights of every conv and linear layer.
@@ -91,13 +62,13 @@ def l1_penalty(model):
 class TrainingStopped(Exception):
     """Training stopped before the end; the last finished epoch is kept in `run_dir`."""
 
-    def __init__(self, message, run_dir=None):
+    def __init__(self, message, run_dir=None, epoch=None, step=None):
         super().__init__(message)
-        self.run_dir = run_dir
+        self.run_dir, self.epoch, self.step = run_dir, epoch, step
 
 
 class NonFiniteLoss(TrainingStopped):
-    pass
+    """The loss was NaN or infinite at `step` of `epoch`."""
 
 
 class Interrupted(TrainingStopped):
@@ -111,9 +82,9 @@ class WriteFailed(TrainingStopped):
 def _check(step, loss_sum, loss, should_stop):
     """Stop on a non-finite loss in any step since the last check, or on a stop request."""
     if not torch.isfinite(loss_sum + loss.detach()):
-        raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}")
+        raise NonFiniteLoss(f"step {step}: the loss is {loss.item()}", step=step)
     if should_stop():
-        raise Interrupted(f"step {step}")
+        raise Interrupted(f"step {step}", step=step)
 
 
 def train_epoch(model, loader, optimizer, scheduler=None, l1_lambda=0.0, progress=False,
@@ -182,10 +153,19 @@ def build(config, splits):
                                 degrees=config.degrees, shift=config.shift, seed=config.seed)
     eval_loaders = {name: DeviceLoader(*splits[name], eval_batch_size(device))
                     for name in ("val", "test") if name in splits}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * len(train_loader))
     return model, train_loader, eval_loaders, optimizer, scheduler
+
+
+def make_optimizer(config, parameters):
+    """Adam, or SGD with momentum; the one-cycle schedule sets its learning rate at every step."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid values are adam, sgd")
 
 
 def checkpoint_state(model, optimizer, scheduler, train_loader, metrics):
@@ -237,11 +217,6 @@ def continue_or_new_run_dir(out, name, config, overwrite=False):
     if stored is not None and same_config(stored, config):
         return path
     return new_run_dir(out, name, overwrite)
-
-
-def run_label(config):
-    """'GN', 'LN', 'BN', or 'BN+L1' when the run has an L1 penalty."""
-    return config.norm.upper() + ("+L1" if config.l1 else "")
 
 
 def epoch_line(label, row, epochs):
@@ -312,11 +287,13 @@ def resume(run_dir, model, optimizer, scheduler, train_loader, device, log, labe
     return metrics
 
 
-def fit(config, splits, run_dir, label=None, progress=True, log=print):
+def fit(config, splits, run_dir, label=None, progress=True, log=print, final_metrics=None):
     """Train one run into `run_dir`, resuming from its checkpoint.pt if there is one.
 
     After every epoch checkpoint.pt and metrics.json are rewritten atomically; model.pt (the final
-    state_dict) is written at the end. The folder is locked while this runs. Returns (metrics, model).
+    state_dict) is written at the end. `final_metrics(model, splits, config)` returns more metrics
+    of the last epoch (e.g. BN tested with other statistics), added before that last write. The
+    folder is locked while this runs, every write included. Returns (metrics, model).
     """
     run_dir, label = Path(run_dir), label or run_label(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +313,7 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
                 result = train_epoch(step_model, train_loader, optimizer, scheduler, config.l1, progress,
                                      should_stop, check_every)
             except (NonFiniteLoss, Interrupted) as error:
-                raise type(error)(f"{label} epoch {epoch}, {error}", run_dir) from None
+                raise type(error)(f"{label} epoch {epoch}, {error}", run_dir, epoch, error.step) from None
             row = {"epoch": epoch, "train_loss": result["loss"], "train_acc": result["acc"]}
             for name, loader in eval_loaders.items():
                 result = evaluate(step_model, loader)
@@ -346,6 +323,8 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print):
             save_run_files(run_dir, label, epoch, metrics,
                            checkpoint=checkpoint_state(model, optimizer, scheduler, train_loader, metrics))
             log(epoch_line(label, row, config.epochs))
+        if final_metrics is not None and metrics["epochs"]:
+            metrics["epochs"][-1].update(final_metrics(model, splits, config))
         save_run_files(run_dir, label, len(metrics["epochs"]), metrics, final_model=model.state_dict())
     return metrics, model
 

@@ -1,0 +1,94 @@
+"""Every name and default in one place: the settings of a run (`Config`), the variants compared, run names.
+
+A fourth normalization is added in model.py (`NORMS`, `norm_layer`) and here (`VARIANTS`); the
+CLI's choices, the tables and the figures derive from these two.
+"""
+from dataclasses import dataclass, fields
+
+from model import GN_GROUPS, NORMS
+
+
+@dataclass
+class Config:
+    """Every setting of one run; the CLI flags, the experiments and the notebook all fill this."""
+    norm: str = "bn"          # one of model.NORMS
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01          # peak learning rate of the one-cycle schedule
+    optimizer: str = "adam"   # adam | sgd (with momentum SGD_MOMENTUM)
+    weight_decay: float = 0.0  # the optimizer's L2 penalty (0 = off)
+    l1: float = 0.0           # lambda of the L1 penalty on conv weights (0 = off)
+    gn_groups: int = GN_GROUPS  # groups of GroupNorm for norm="gn"
+    dropout: float = 0.05
+    degrees: float = 8.0      # training augmentation: max rotation, degrees
+    shift: float = 2.0        # training augmentation: max shift, pixels
+    seed: int = 0
+    val_split: int = 0        # training images held out for validation (0 = none)
+    train_subset: int = 0     # train on the first N images only (0 = all)
+    data_dir: str = "data"    # where MNIST is; not part of what a run computes, and not recorded
+    device: str = "auto"      # auto | cpu | cuda | mps
+    compile: bool = False     # torch.compile the model (the first epoch compiles; see BENCHMARKS.md)
+
+
+DEFAULTS = Config()
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
+# the training batch sizes the experiments compare (the batch-size sweep, bench.py --norm-costs)
+BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str          # on figures and in tables
+    color: str          # matplotlib colour, the same in every figure
+    settings: dict      # what differs from the shared recipe
+
+
+# variant key -> Variant. A plain norm's key is the norm itself; "_l1" marks the L1 penalty.
+VARIANTS = {
+    "gn": Variant("GN", "tab:blue", {"norm": "gn"}),
+    "ln": Variant("LN", "tab:orange", {"norm": "ln"}),
+    "bn_l1": Variant("BN+L1", "tab:green", {"norm": "bn", "l1": STUDY_L1}),
+    "bn": Variant("BN", "tab:red", {"norm": "bn"}),
+}
+assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry (label, colour)"
+
+
+def variant_key(config):
+    """'gn', 'ln', 'bn', or 'bn_l1' when the run has an L1 penalty."""
+    return config.norm + ("_l1" if config.l1 else "")
+
+
+def run_label(config):
+    """'GN', 'LN', 'BN' or 'BN+L1': the variant's label."""
+    return VARIANTS[variant_key(config)].label
+
+
+# settings that name a run folder when they differ from DEFAULTS, and their short names
+NAMED = {"epochs": "e", "batch_size": "bs", "lr": "lr", "optimizer": "", "weight_decay": "wd", "gn_groups": "g",
+         "dropout": "do", "degrees": "rot", "shift": "sh", "val_split": "val", "train_subset": "n",
+         "compile": "compiled"}
+
+
+def run_name(config):
+    """The run folder's name: the variant, every setting that differs from DEFAULTS, the seed.
+
+    'gn_seed0' for the study's GN run, 'bn_e3_bs512_seed1' for a sweep run; L1 other than the
+    study's lambda is named too ('bn_l1_1e-04_seed0'). The one place run folders are named.
+    """
+    parts = [variant_key(config)]
+    if config.l1 and config.l1 != STUDY_L1:
+        parts.append(f"{config.l1:.0e}")
+    for name, short in NAMED.items():
+        value = getattr(config, name)
+        if value != getattr(DEFAULTS, name):
+            parts.append(short if value is True else f"{short}{value:g}" if isinstance(value, float)
+                         else f"{short}{value}")
+    return "_".join(parts + [f"seed{config.seed}"])
+
+
+def config_from_record(record):
+    """The Config of a recorded run's config dict; fields added since it was written take their defaults."""
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in record.items() if k in known})

@@ -1,0 +1,141 @@
+"""How high may the learning rate go? BN, GN and LN (no L1) at batch 64 over a range of peak LRs.
+
+    python lr_range.py --data-dir DIR                    # Adam, peak LR 0.0003 to 0.3: 63 runs of 3 epochs
+    python lr_range.py --optimizer sgd --data-dir DIR    # SGD with momentum 0.9, peak LR 0.003 to 1.0
+
+The study's recipe (one-cycle schedule, batch 64, augmentation, dropout) for 3 epochs, 3 seeds per
+point. Nothing is selected here, so the test set reports. A run whose loss stops being finite is
+recorded as diverged, with the epoch, not dropped. `runner.run_configs` trains and records the runs.
+"""
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from config import OPTIMIZERS, Config
+from data import default_data_dir
+from model import NORMS
+from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command, run_configs
+
+SEEDS = (0, 1, 2)
+EPOCHS = 3
+LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)}
+USABLE = 1.5  # an LR is usable when no seed diverged and the mean test error is within 1.5x the norm's best
+RESULTS = "results/lr_range.json"
+
+
+def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=NORMS, lrs=None):
+    """Every norm at every peak LR for every seed, seed-major; no L1."""
+    return [replace(base, norm=norm, lr=lr, optimizer=optimizer, seed=seed, l1=0.0)
+            for seed in seeds for lr in (lrs or LRS[optimizer]) for norm in norms]
+
+
+def run_order(run):
+    c = run["config"]
+    return OPTIMIZERS.index(c.get("optimizer", "adam")), c["seed"], c["lr"], NORMS.index(c["norm"])
+
+
+def summarize(runs):
+    """Per optimizer, norm and LR: final test accuracy over the seeds that finished, and which diverged."""
+    groups = {}
+    for run in runs:
+        c = run["config"]
+        groups.setdefault((c.get("optimizer", "adam"), c["norm"], c["lr"]), []).append(run)
+    summary = []
+    for (optimizer, norm, lr), group in sorted(groups.items(), key=lambda g: (OPTIMIZERS.index(g[0][0]),
+                                                                               NORMS.index(g[0][1]), g[0][2])):
+        finished = [run["epochs"][-1]["test_acc"] for run in group if "diverged" not in run]
+        entry = {"optimizer": optimizer, "norm": norm, "lr": lr, "epochs": group[0]["config"]["epochs"],
+                 "seeds": [r["config"]["seed"] for r in group],
+                 "diverged": [{"seed": r["config"]["seed"], **r["diverged"]} for r in group if "diverged" in r]}
+        if finished:
+            entry["test_acc"] = {"mean": statistics.mean(finished), "min": min(finished), "max": max(finished),
+                                 "std": statistics.stdev(finished) if len(finished) > 1 else 0.0}
+        summary.append(entry)
+    for entry in summary:
+        entry["usable"] = is_usable(entry, summary)
+    return summary
+
+
+def is_usable(entry, summary):
+    """No seed diverged, and the mean test error is within USABLE times the best of that norm and optimizer."""
+    same = [e for e in summary if (e["optimizer"], e["norm"]) == (entry["optimizer"], entry["norm"])
+            and "test_acc" in e and not e["diverged"]]
+    if entry["diverged"] or "test_acc" not in entry or not same:
+        return False
+    best_error = min(100 - e["test_acc"]["mean"] for e in same)
+    return 100 - entry["test_acc"]["mean"] <= USABLE * best_error
+
+
+def usable_range(summary, optimizer, norm):
+    """'0.001-0.03' (the lowest and highest usable LR), or '-' when none is."""
+    lrs = [e["lr"] for e in summary if (e["optimizer"], e["norm"]) == (optimizer, norm) and e["usable"]]
+    return f"{min(lrs):g}-{max(lrs):g}" if lrs else "-"
+
+
+def lr_range_table(summary):
+    """Markdown: one row per optimizer and LR, test accuracy per norm (mean ± std, diverged seeds); usable ranges."""
+    norms = [n for n in NORMS if any(e["norm"] == n for e in summary)]
+    by_point = {(e["optimizer"], e["lr"], e["norm"]): e for e in summary}
+    lines = ["| optimizer | peak LR | " + " | ".join(f"{n.upper()} test acc %" for n in norms) + " |",
+             "|---|---:|" + "---:|" * len(norms)]
+    for optimizer, lr in sorted({(o, lr) for o, lr, _ in by_point}, key=lambda k: (OPTIMIZERS.index(k[0]), k[1])):
+        lines.append(f"| {optimizer} | {lr:g} | " + " | ".join(cell(by_point.get((optimizer, lr, n))) for n in norms)
+                     + " |")
+    for optimizer in sorted({o for o, _, _ in by_point}, key=OPTIMIZERS.index):
+        lines.append(f"| {optimizer} | **usable range** | "
+                     + " | ".join(f"**{usable_range(summary, optimizer, n)}**" for n in norms) + " |")
+    return "\n".join(lines)
+
+
+def cell(entry):
+    if entry is None:
+        return "-"
+    text = f"{entry['test_acc']['mean']:.2f} ± {entry['test_acc']['std']:.2f}" if "test_acc" in entry else ""
+    if entry["diverged"]:
+        text += f" ({len(entry['diverged'])} of {len(entry['seeds'])} diverged)"
+    return text.strip() + (" ✓" if entry["usable"] else "")
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    add("--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer of every run")
+    add("--lrs", type=float, nargs="+", default=None, help="peak LRs (unset: " + "; ".join(
+        f"{o}: {', '.join(map(str, lrs))}" for o, lrs in LRS.items()) + ")")
+    add("--norms", nargs="+", default=list(NORMS), choices=NORMS, help="normalizations")
+    add("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run each")
+    add("--epochs", type=int, default=EPOCHS, help="epochs of every run")
+    add("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add("--out", default="runs/lr_range", help="folder for the run folders")
+    add("--results", default=RESULTS, help="results JSON (runs of every optimizer share it)")
+    add("--images", default="images", help="folder for the figure lr_range.png")
+    add_engine_flags(p)
+    return p
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or min(args.lrs or [1]) <= 0:
+        parser.error("--epochs must be >= 1 and every --lrs value > 0")
+    check_engine_args(parser, args)
+    base = Config(epochs=args.epochs, data_dir=args.data_dir or default_data_dir(), device=args.device)
+    configs = lr_range_configs(base, args.optimizer, args.seeds, args.norms, args.lrs)
+    results = Path(args.results)
+    code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
+                                           args.gpus_per_run, order=run_order, keep_diverged=True),
+                       results, base.data_dir, args.device)
+    if code == 0:
+        from plots import redraw_lr_range  # matplotlib only where a figure is drawn
+        print(lr_range_table(json.loads(results.read_text())["summary"]))
+        print(f"wrote {redraw_lr_range(results, args.images)}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Many runs, one engine: train a list of configs, in this process or as Ray tasks, and record each result.
+
+Every experiment (the study, the batch-size sweep, the LR-range study, ...) defines its configs and
+its summary and hands them to `run_configs`. Each config becomes one `utils.fit` run in its own
+folder under `out`; a run that was interrupted resumes from its checkpoint when its folder is
+visible to the worker. The process that called `run_configs` (the driver) alone writes the results
+file, once per finished run, so no file is shared between processes or machines; runs already in
+the file are skipped, so the same command continues after a stop.
+
+    workers=1, no address   the runs one after another in this process (no Ray: the notebook's way)
+    workers=N               an embedded Ray with N CPUs on this machine, one run per CPU
+    address="auto" or ADDR  an existing Ray cluster (`ray start --head` ...), every node's CPUs
+
+Every run uses one torch thread whatever the number of workers, so the numbers don't depend on it.
+"""
+import json
+import os
+import shlex
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from config import run_label, run_name
+from data import DataError, ensure_mnist, load_mnist
+from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
+from utils import Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device, same_config
+
+MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
+OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
+
+
+class RunsFailed(Exception):
+    """Some runs failed; every other run finished and is recorded. `failures`: [(run name, error)]."""
+
+    def __init__(self, failures):
+        self.failures = failures
+        super().__init__(f"{len(failures)} run(s) failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+
+
+# ---- the results file ------------------------------------------------------------------------
+def load_results(path):
+    """{'summary': ..., 'runs': [...]} of a results file, empty if there is none yet."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {"summary": None, "runs": []}
+
+
+def find_run(runs, config):
+    """The recorded run of `config` in `runs`, or None."""
+    return next((run for run in runs if same_config(run["config"], config)), None)
+
+
+def record(path, run, summarize, order):
+    """Add (or replace) one finished run in the results file, rewrite its summary; one atomic write."""
+    runs = [r for r in load_results(path)["runs"] if not same_config(r["config"], run["config"])]
+    runs = sorted(runs + [run], key=order) if order else runs + [run]
+    save_json({"summary": summarize(runs), "runs": runs}, path)
+    return runs
+
+
+# ---- one run: what a worker does ----------------------------------------------------------------
+@lru_cache(maxsize=2)
+def cached_splits(data_dir, device, val_split, train_subset):
+    """MNIST on the device, loaded once per worker process for every run that uses the same split."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
+    return load_mnist(data_dir, torch.device(device), val_split, train_subset)
+
+
+def train_one(config, out, measure=None, log=None):
+    """Fit `config` in out/run_name(config) with one torch thread; returns (run record, final weights).
+
+    A run whose loss stops being finite comes back as a record of its finished epochs with
+    "diverged": {"epoch", "step"}, instead of an error. `measure(model, splits, config)` adds
+    metrics to the last epoch before the run's last write (e.g. BN with other statistics).
+    """
+    torch.set_num_threads(1)
+    device = get_device(config.device)
+    splits = cached_splits(config.data_dir, str(device), config.val_split, config.train_subset)
+    run_dir = continue_or_new_run_dir(out, run_name(config), config)
+    try:
+        metrics, model = fit(config, splits, run_dir, progress=False, log=log or (lambda line: None),
+                             final_metrics=measure)
+    except NonFiniteLoss as error:
+        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() \
+            else {"config": vars(config).copy(), "epochs": []}
+        metrics["diverged"] = {"epoch": error.epoch, "step": error.step}
+        return results_record(config, metrics), None
+    return results_record(config, metrics), {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+def results_record(config, metrics):
+    """The run as the results file keeps it: its variant, config (without the machine's data folder), metrics."""
+    record = {"variant": run_label(config), **metrics}
+    record["config"] = {k: v for k, v in record["config"].items() if k != "data_dir"}
+    return record
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+def task_resources(device, gpus_per_run=None, cuda_visible=None):
+    """Ray resources of one run: one CPU, and a share of a GPU when the runs train on one.
+
+    Ray hides the GPUs from a task that asks for none, so with --device cuda or auto and a GPU
+    in sight every run asks for `gpus_per_run` of one (default 0.25: four small runs per GPU).
+    """
+    cuda_visible = torch.cuda.is_available() if cuda_visible is None else cuda_visible
+    wants_gpu = device == "cuda" or (device == "auto" and cuda_visible)
+    if not wants_gpu:
+        return {"num_cpus": 1, "num_gpus": 0}
+    return {"num_cpus": 1, "num_gpus": 0.25 if gpus_per_run is None else gpus_per_run}
+
+
+def start_ray(workers, address):
+    """Join the cluster at `address`, or start an embedded one with `workers` CPUs; returns the ray module."""
+    import ray  # imported only here: a single run and the notebook never need it
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
+    if ray.is_initialized():
+        return ray
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                 log_to_driver=False, logging_level="warning")
+    return ray
+
+
+def in_process(todo, out, measure, bar):
+    """Yield (config, record, weights, error) for each run, trained one after another in this process."""
+    threads = torch.get_num_threads()
+    try:
+        for config in todo:
+            try:
+                record_, weights = train_one(config, out, measure, log=bar.write)
+                yield config, record_, weights, None
+            except Interrupted:
+                raise
+            except Exception as error:  # a failed run is reported, the others go on
+                yield config, None, None, f"{type(error).__name__}: {error}"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def on_ray(todo, out, measure, workers, address, gpus_per_run):
+    """Yield (config, record, weights, error) as the Ray tasks of `todo` finish, in any order."""
+    ray = start_ray(workers, address)
+    remote = ray.remote(train_one).options(**task_resources(todo[0].device, gpus_per_run),
+                                           max_retries=MAX_RETRIES, retry_exceptions=False)
+    pending = {remote.remote(config, out, measure): config for config in todo}
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            config = pending.pop(ref)
+            try:
+                yield config, *ray.get(ref), None
+            except ray.exceptions.RayError as error:
+                cause = getattr(error, "cause", None) or error
+                yield config, None, None, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
+    finally:
+        for ref in pending:  # Ctrl-C or an error in the driver: stop what still runs
+            ray.cancel(ref, force=True)
+
+
+def run_configs(configs, results, summarize, out="runs", workers=1, address=None, gpus_per_run=None,
+                measure=None, models_dir=None, order=None, keep_diverged=False, log=print):
+    """Train every config not yet recorded in `results`, recording each run as soon as it finishes.
+
+    `summarize(runs)` writes the file's summary; `models_dir` keeps each run's final weights as
+    models_dir/<run name>.pt; `order(run)` sorts the runs in the file. A diverged run is recorded
+    with `keep_diverged`, else it fails. Raises RunsFailed at the end if any run failed, and
+    Interrupted (with every finished run recorded) on Ctrl-C. Returns the recorded runs.
+    """
+    results, out = Path(results).absolute(), str(Path(out).absolute())
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
+        runs = load_results(results)["runs"]
+        todo = [c for c in configs if not find_run(runs, c)]
+        log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {results}; {len(todo)} to go"
+            + (f" ({'in this process' if workers == 1 and not address else 'on Ray'})" if todo else ""))
+        failures = []
+        with tqdm(total=len(todo), unit="run", desc="runs", dynamic_ncols=True, disable=not todo) as bar:
+            stream = (in_process(todo, out, measure, bar) if workers == 1 and not address
+                      else on_ray(todo, out, measure, workers, address, gpus_per_run)) if todo else ()
+            for config, run, weights, error in stream:
+                if error is None and "diverged" in run and not keep_diverged:
+                    error = f"non-finite loss in epoch {run['diverged']['epoch']}, step {run['diverged']['step']}"
+                if error is not None:
+                    failures.append((run_name(config), error))
+                    bar.write(f"FAILED: {run_name(config)}: {error}")
+                else:
+                    runs = record(results, run, summarize, order)
+                    if models_dir is not None and weights is not None:
+                        Path(models_dir).mkdir(parents=True, exist_ok=True)
+                        save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
+                    bar.write(done_line(config, run))
+                bar.update()
+    if failures:
+        raise RunsFailed(failures)
+    return runs
+
+
+def done_line(config, run):
+    """One line per finished run."""
+    if "diverged" in run:
+        return f"done: {run_name(config)}, diverged in epoch {run['diverged']['epoch']}"
+    last = run["epochs"][-1]
+    seconds = sum(row["seconds"] for row in run["epochs"])
+    return f"done: {run_name(config)}, test acc {last['test_acc']:.2f}%, {seconds / 60:.1f} min of training"
+
+
+def continue_command():
+    """The command line that started this program: running it again continues where it stopped."""
+    return shlex.join(["python", *sys.argv])
+
+
+PATHS_NOTE = "Relative paths (--out, --results, --images, --data-dir) are relative to the working folder."
+
+
+def add_engine_flags(parser):
+    """--workers, --address and --gpus-per-run, the same for every multi-run command."""
+    add = parser.add_argument
+    add("--workers", type=int, default=os.cpu_count() or 1,
+        help="runs at a time, one CPU and one torch thread each (1: in this process, without Ray)")
+    add("--address", default=None,
+        help="join this Ray cluster instead of starting one ('auto': the one `ray start` started on this machine)")
+    add("--gpus-per-run", type=float, default=None,
+        help="share of a GPU each run asks Ray for when training on a GPU (unset: 0.25)")
+
+
+def check_engine_args(parser, args):
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.gpus_per_run is not None and not 0 < args.gpus_per_run <= 1:
+        parser.error("--gpus-per-run must be in (0, 1]")
+
+
+def run_command(run, results, data_dir, device):
+    """Check the data here, call `run()` (which calls run_configs), and turn its errors into an exit code."""
+    try:
+        get_device(device)
+        ensure_mnist(data_dir)  # downloaded once, here, before any worker needs it
+        run()
+    except ValueError as error:  # an unusable --device
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunsFailed as error:
+        print(f"error: {len(error.failures)} run(s) failed; every other run is recorded in {results}:\n"
+              + "\n".join(f"  {name}: {message}" for name, message in error.failures)
+              + f"\nFix the cause, then run the same command again: {continue_command()}", file=sys.stderr)
+        return 1
+    except (Interrupted, KeyboardInterrupt):
+        print(f"\ninterrupted; every finished run is recorded in {results}, and an unfinished one resumes from "
+              f"its last epoch. Continue with: {continue_command()}", file=sys.stderr)
+        return 130
+    except (DataError, RunFolderError, WriteError, WriteFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4 if isinstance(error, (WriteError, WriteFailed)) else 1
+    return 0
