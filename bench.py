@@ -18,8 +18,11 @@ CPU the process uses this repo's allocator setting (system.keep_freed_memory), c
 it is process-wide; `--malloc default` measures without it. Writes
 results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when not the default).
 
-`--norm-costs` instead times BN, GN and LN at every batch size of the sweep (a training step and an
-inference pass on one fixed batch, the norms taking turns) and writes results/bench_<device>_norms.json.
+`--norm-costs` instead times BN, GN and LN at every batch size the experiments compare
+(config.BATCH_SIZES): a training step and an inference pass on one fixed batch, the norms taking
+turns; it writes results/bench_<device>_norms.json. `--inference` times inference of BN, BN folded
+into its convs (bn_stats.folded), GN and LN at batch 1, 64 and 1000, side by side, and writes
+results/bench_<device>_inference.json.
 """
 import argparse
 import json
@@ -40,11 +43,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, load_mnist
+from config import BATCH_SIZES, Config
+from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, eval_batch_size, load_mnist
 from model import NORMS, Net
-from sweep import BATCH_SIZES
 from system import cpu_name, keep_freed_memory
-from utils import Config, eval_batch_size
 
 TRAIN_IMAGES = 60_000
 PIPELINES = ("ours", "model", "classic")
@@ -282,7 +284,7 @@ def main_norm_costs(args):
     if args.malloc == "keep" and device.type == "cpu":
         keep_freed_memory()
     times = norm_costs(device, list(NORMS), list(BATCH_SIZES), args.rounds, args.cost_images)
-    report = {"args": vars(args), "hardware": hardware(device), "results": summarize_norm_costs(times)}
+    report = {"args": recorded(args), "hardware": hardware(device), "results": summarize_norm_costs(times)}
     out = Path(args.out or f"results/bench_{device.type}_norms.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
@@ -293,6 +295,63 @@ def main_norm_costs(args):
         print(f"{b:>6} " + " ".join(f"{row[n][str(b)]['train_epoch_s']:>18.1f} "
                                     f"{row[n][str(b)]['inference_images_per_s']:>16,.0f}" for n in NORMS))
     print(f"wrote {out}")
+
+
+# ---- inference: BN folded into the conv -----------------------------------------------------
+INFERENCE_BATCH_SIZES = (1, 64, 1000)
+
+
+def inference_models(device):
+    """{name: model in eval mode}: BN, the same BN model folded, GN and LN, all with settled statistics."""
+    from bn_stats import folded
+    torch.manual_seed(0)
+    models = {n: Net(n).to(device) for n in NORMS}
+    with torch.no_grad():  # a few training-mode passes so BN's running statistics are not the initial 0 and 1
+        for _ in range(3):
+            models["bn"].train()(torch.randn(256, 1, 28, 28, device=device))
+    models = {n: m.eval() for n, m in models.items()}
+    return {"bn": models["bn"], "bn_folded": folded(models["bn"]), **{n: m for n, m in models.items() if n != "bn"}}
+
+
+def inference_times(device, rounds, images_per_block):
+    """{model: {batch: [seconds per batch, one per round]}} with the models taking turns, round 0 dropped."""
+    models = inference_models(device)
+    names = list(models)
+    times = {n: {b: [] for b in INFERENCE_BATCH_SIZES} for n in names}
+    with torch.no_grad():
+        for round_ in range(rounds + 1):
+            for b in INFERENCE_BATCH_SIZES:
+                x, steps = torch.randn(b, 1, 28, 28, device=device), max(2, images_per_block // b)
+                for n in names[round_ % len(names):] + names[:round_ % len(names)]:
+                    block = []
+                    with timed(device, block):
+                        for _ in range(steps):
+                            models[n](x)
+                    if round_:
+                        times[n][b].append(block[0] / steps)
+    return times, models
+
+
+def main_inference(args):
+    """--inference: BN, BN folded, GN and LN side by side; writes results/bench_<device>_inference.json."""
+    device = torch.device(args.device)
+    if args.malloc == "keep" and device.type == "cpu":
+        keep_freed_memory()
+    times, models = inference_times(device, args.rounds, args.cost_images)
+    x = torch.randn(1000, 1, 28, 28, device=device)
+    with torch.no_grad():
+        gap = (models["bn"](x) - models["bn_folded"](x)).abs().max().item()
+    results = {n: {str(b): {"images_per_s": b / statistics.median(t), "batch_s": t} for b, t in by_batch.items()}
+               for n, by_batch in times.items()}
+    report = {"args": recorded(args), "hardware": hardware(device), "folded_max_abs_logit_difference": gap,
+              "results": results}
+    out = Path(args.out or f"results/bench_{device.type}_inference.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{'batch':>6} " + " ".join(f"{n + ' img/s':>16}" for n in results))
+    for b in INFERENCE_BATCH_SIZES:
+        print(f"{b:>6} " + " ".join(f"{results[n][str(b)]['images_per_s']:>16,.0f}" for n in results))
+    print(f"folded BN: max |logit difference| {gap:.2e} over 1,000 random inputs; wrote {out}")
 
 
 def flops_per_training_image(batch_size=64, norm="bn"):
@@ -327,7 +386,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
     p.add_argument("--data-dir", default=default_data_dir(), help="MNIST root ($MNIST_DATA_DIR, else ./data)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size of every pipeline")
+    p.add_argument("--batch-size", type=int, default=Config().batch_size, help="training batch size of every pipeline")
     p.add_argument("--steps", type=int, default=200, help="timed training steps per pipeline and round")
     p.add_argument("--rounds", type=int, default=10, help="rounds; each times every pipeline once")
     p.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
@@ -338,8 +397,11 @@ def parse_args(argv=None):
                    help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
     p.add_argument("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
     p.add_argument("--norm-costs", action="store_true",
-                   help="instead: time every norm at every batch size of the sweep, side by side")
-    p.add_argument("--cost-images", type=int, default=2048, help="--norm-costs: images per timed block")
+                   help="instead: time every norm at every batch size of config.BATCH_SIZES, side by side")
+    p.add_argument("--inference", action="store_true",
+                   help="instead: inference of BN, BN folded into its convs, GN and LN at batch 1, 64 and 1000")
+    p.add_argument("--cost-images", type=int, default=2048,
+                   help="--norm-costs and --inference: images per timed block")
     p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
     args = p.parse_args(argv)
     if args.quick:
@@ -355,10 +417,17 @@ def default_out(args):
     return Path(f"results/bench_{args.device}{suffix}.json")
 
 
+def recorded(args):
+    """The flags as the results file keeps them: without the machine's data folder."""
+    return {k: v for k, v in vars(args).items() if k != "data_dir"}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.norm_costs:
         return main_norm_costs(args)
+    if args.inference:
+        return main_inference(args)
     spec = Spec(args.device, args.data_dir, args.batch_size, args.norm, args.lever, args.warmup,
                 args.classic_workers, args.malloc)
     device = torch.device(args.device)
@@ -375,7 +444,7 @@ def main(argv=None):
         r["achieved_tflops"] = flops * r["train_images_per_s"] / 1e12
         r["fraction_of_matmul_peak"] = r["achieved_tflops"] * 1e12 / peak
     round_ratios = ratios(times, args.steps, args.batch_size, "classic", "ours")
-    report = {"args": vars(args), "hardware": hardware(device), "flops_per_training_image": flops,
+    report = {"args": recorded(args), "hardware": hardware(device), "flops_per_training_image": flops,
               "matmul_peak_tflops": peak / 1e12, "results": results, "round_ratios": round_ratios,
               "ratio_classic_over_ours": statistics.median(round_ratios),
               "ratio_classic_over_model": statistics.median(

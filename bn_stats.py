@@ -51,6 +51,22 @@ def with_precise_statistics(model, images, labels, degrees, shift, seed=0):
     return with_recomputed_statistics(model, (x for _, (x, _) in zip(range(PRECISE_IMAGES // PRECISE_BATCH), loader)))
 
 
+def evaluate_with_batch_statistics(model, images, labels, batch_size):
+    """evaluate() with each test batch normalized by its own statistics: batches of `batch_size`, fixed random order."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).to(labels.device)
+    return evaluate(with_batch_statistics(model), DeviceLoader(images[order], labels[order], batch_size))
+
+
+def evaluate_adapted(model, images, labels, batch_size=PRECISE_BATCH):
+    """evaluate() after BN's statistics were re-estimated on `images` themselves (Schneider et al., 2020).
+
+    The labels are used only to score: the statistics need a set of unlabeled test images, here
+    all of them, in batches of `batch_size` in their given order.
+    """
+    adapted = with_recomputed_statistics(model, (images[i:i + batch_size] for i in range(0, len(images), batch_size)))
+    return evaluate(adapted, DeviceLoader(images, labels, eval_batch_size(images.device)))
+
+
 def bn_statistics_metrics(model, splits, config):
     """Test loss and accuracy of a BN model with batch statistics and with recomputed running statistics.
 
@@ -60,9 +76,32 @@ def bn_statistics_metrics(model, splits, config):
     if not has_batch_norm(model):
         return {}
     test_x, test_y = splits["test"]
-    order = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(0)).to(test_y.device)
-    batch = evaluate(with_batch_statistics(model), DeviceLoader(test_x[order], test_y[order], config.batch_size))
+    batch = evaluate_with_batch_statistics(model, test_x, test_y, config.batch_size)
     precise_model = with_precise_statistics(model, *splits["train"], config.degrees, config.shift, config.seed)
     precise = evaluate(precise_model, DeviceLoader(test_x, test_y, eval_batch_size(test_y.device)))
     return {"test_loss_batch_stats": batch["loss"], "test_acc_batch_stats": batch["acc"],
             "test_loss_precise_stats": precise["loss"], "test_acc_precise_stats": precise["acc"]}
+
+
+@torch.no_grad()
+def folded(model):
+    """A copy of `model` in eval mode with every BatchNorm folded into the conv before it.
+
+    BN at test time is a fixed per-channel affine map, y = (x - mean) / sqrt(var + eps) * gamma + beta,
+    so conv followed by BN is one conv with scaled weights and a bias: the BN layer disappears.
+    GN and LN can't be folded: their statistics depend on each image.
+    """
+    model = copy.deepcopy(model).eval()
+    for block in model.modules():
+        if isinstance(block, nn.Sequential):
+            for i in range(len(block) - 1):
+                conv, bn = block[i], block[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                      conv.padding, conv.dilation, conv.groups, bias=True)
+                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                    block[i], block[i + 1] = fused, nn.Identity()
+    return model

@@ -99,6 +99,11 @@ def ensure_mnist(root):
         load_mnist_split(root, train)
 
 
+def normalize(x):
+    """Images in [0, 1] -> the network's input scale (zero mean, unit variance over MNIST's training set)."""
+    return (x - MNIST_MEAN) / MNIST_STD
+
+
 def to_device(images, labels, device):
     """uint8 (N, 28, 28) -> normalized float (N, 1, 28, 28) on `device`.
 

@@ -311,6 +311,72 @@ def redraw_lr_range(results_path, images_dir):
     return path
 
 
+# ---- the shift study ----------------------------------------------------------------------------
+MODE_STYLES = {None: "-", "running": "-", "test_batch": "--", "adapted": ":"}
+MODE_NAMES = {"test_batch": "test-batch statistics", "adapted": "statistics re-estimated on the shifted images"}
+
+
+def plot_shift(summary):
+    """One panel per shift: test error against severity, one line per variant (mean, min-max band).
+
+    Severity 0 is the clean test set. BN models as deployed (running statistics) in solid lines,
+    with test-batch statistics dashed and with re-estimated statistics dotted.
+    """
+    from input_shifts import SHIFTS
+    clean = [e for e in summary if e["shift"] == "clean"]
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12), dpi=DPI, sharey=True)
+    for ax, name in zip(axes.flat, SHIFTS):
+        entries = [e for e in summary if e["shift"] == name]
+        for key, mode in dict.fromkeys((e["variant"], e["bn_stats"]) for e in entries):
+            line = sorted([e for e in clean + entries if (e["variant"], e["bn_stats"]) == (key, mode)],
+                          key=lambda e: e["severity"])
+            levels, acc = [e["severity"] for e in line], [e["test_acc"] for e in line]
+            label = VARIANTS[key].label + (f", {MODE_NAMES[mode]}" if mode in MODE_NAMES else "")
+            ax.plot(levels, [100 - a["mean"] for a in acc], MODE_STYLES[mode], marker="o", ms=3,
+                    color=VARIANTS[key].color, label=label)
+            if mode in (None, "running"):
+                ax.fill_between(levels, [100 - a["max"] for a in acc], [100 - a["min"] for a in acc],
+                                color=VARIANTS[key].color, alpha=0.12)
+        ax.set(title=name.replace("_", " "), xlabel="severity (0: clean test set)", xticks=range(4))
+        plain_log_axis(ax)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test error (%, log scale)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9)
+    seeds = max(e["seeds"] for e in summary)
+    fig.suptitle(f"Test error on shifted test images, mean of {seeds} seeds (band: min-max, as deployed)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def plot_shift_examples(images, index=0):
+    """One test digit under every shift (rows) at every severity (columns)."""
+    from input_shifts import LEVELS, SHIFTS, shifted
+    x = images[index:index + 1]
+    fig, axes = plt.subplots(len(SHIFTS), 4, figsize=(6, 1.6 * len(SHIFTS)), dpi=DPI)
+    for row, name in zip(axes, SHIFTS):
+        for severity, ax in enumerate(row):
+            ax.axis("off")
+            if severity and severity not in LEVELS[name]:
+                continue
+            ax.imshow(shifted(x, name, severity)[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name.replace('_', ' ')} {severity}" if severity else "clean", fontsize=8)
+    fig.suptitle("One test digit under every shift and severity", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def redraw_shift(results_path, images_dir, data_dir):
+    """images_dir/shift.png and shift_examples.png from the shift study's results; returns their paths."""
+    figures = {"shift": plot_shift(json.loads(Path(results_path).read_text())["summary"]),
+               "shift_examples": plot_shift_examples(load_mnist_split(data_dir, train=False)[0])}
+    paths = save_figures(figures, images_dir)
+    for fig in figures.values():
+        plt.close(fig)
+    return paths
+
+
 # ---- redrawing from committed files ----------------------------------------------------
 def model_path(models_dir, run):
     """Where the runner saved a run's final weights: models_dir/<run name>.pt."""

@@ -3,6 +3,9 @@
     python report.py            # print every generated block
     python report.py --write    # rewrite the blocks in README.md and BENCHMARKS.md in place
 
+Run it from the repo root: like every command here, it reads results/ and the docs relative to the
+working folder.
+
 A block is the text between `<!-- BEGIN NAME -->` and `<!-- END NAME -->`; tests/test_readme.py
 fails when one differs from what this file generates.
 """
@@ -13,11 +16,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from lr_range import lr_range_table
 from norm_example import markdown as norm_example_markdown
+from shift import shift_table
 from study import summary_table
+from sweep import batch_size_table, lr_rule_table
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 DOCS = ("README.md", "BENCHMARKS.md")
 BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
@@ -30,8 +34,12 @@ def hardware_line(metrics):
     return where
 
 
-def study_section(path=RESULTS / "study.json"):
-    study = json.loads(Path(path).read_text())
+def read(results, name):
+    return json.loads((Path(results) / name).read_text())
+
+
+def study_section(results):
+    study = read(results, "study.json")
     first = study["runs"][0]
     seconds = {label: s["mean_seconds_per_epoch"] for label, s in study["summary"].items()}
     return "\n".join([
@@ -42,8 +50,8 @@ def study_section(path=RESULTS / "study.json"):
     ])
 
 
-def l1_sweep_section(folder=RESULTS / "l1_sweep"):
-    runs = sorted((json.loads(p.read_text()) for p in Path(folder).glob("*.json")),
+def l1_sweep_section(results):
+    runs = sorted((json.loads(p.read_text()) for p in (Path(results) / "l1_sweep").glob("*.json")),
                   key=lambda m: m["config"]["l1"])
     lines = ["| L1 lambda | validation acc, last epoch | validation loss | test acc (reported only) |",
              "|---:|---:|---:|---:|"]
@@ -54,8 +62,8 @@ def l1_sweep_section(folder=RESULTS / "l1_sweep"):
     return "\n".join(lines)
 
 
-def speed_section(path=RESULTS / "bench_cpu.json"):
-    report = json.loads(Path(path).read_text())
+def speed_section(results):
+    report = read(results, "bench_cpu.json")
     hw, args = report["hardware"], report["args"]
     lines = [(f"{hw['processor']}, {hw['cpu_count']} cores ({hw['torch_threads']} torch threads), torch "
               f"{hw['torch']}; batch {args['batch_size']}; {args['rounds']} rounds x {args['steps']} timed "
@@ -75,9 +83,9 @@ def speed_section(path=RESULTS / "bench_cpu.json"):
     return "\n".join(lines)
 
 
-def levers_section(folder=RESULTS):
+def levers_section(results):
     """One row per bench_cpu*.json: model, lever, epoch times and the ratio measured in that run."""
-    runs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench_cpu*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(Path(results).glob("bench_cpu*.json"))]
     runs = [run for run in runs if "round_ratios" in run]  # not the --norm-costs file
     runs.sort(key=lambda r: (r["args"]["norm"] != "bn", r["args"]["norm"], r["args"]["lever"] != "none",
                              r["args"]["lever"], r["args"]["malloc"] != "keep"))
@@ -93,72 +101,41 @@ def levers_section(folder=RESULTS):
     return "\n".join(lines)
 
 
-def compile_section(path=RESULTS / "compile_gn_seed0.json", study_path=RESULTS / "study_amd_epyc.json"):
+def compile_section(results, study_name="study_amd_epyc.json"):
     """The `--compile` run next to the plain study run with the same config and seed, made on the same machine."""
-    compiled = json.loads(Path(path).read_text())
+    compiled = read(results, "compile_gn_seed0.json")
     config = {k: v for k, v in compiled["config"].items() if k not in ("compile", "data_dir", "device")}
-    plain = next(run for run in json.loads(Path(study_path).read_text())["runs"]
+    plain = next(run for run in read(results, study_name)["runs"]
                  if all(run["config"].get(k) == v for k, v in config.items()))
     lines = ["| GN, seed 0, 20 epochs | final test acc | best test acc | epoch 1 s | median s, epochs 2-20 |",
              "|---|---:|---:|---:|---:|"]
-    for label, run in ((f"plain (in `results/{Path(study_path).name}`)", plain), ("`--compile`", compiled)):
+    for label, run in ((f"plain (in `results/{study_name}`)", plain), ("`--compile`", compiled)):
         epochs = run["epochs"]
         lines.append(f"| {label} | {epochs[-1]['test_acc']:.2f}% | {max(e['test_acc'] for e in epochs):.2f}% | "
                      f"{epochs[0]['seconds']:.1f} | {statistics.median(e['seconds'] for e in epochs[1:]):.1f} |")
     return "\n".join(lines)
 
 
-def pm(spread):
-    return f"{spread['mean']:.2f} ± {spread['std']:.2f}"
-
-
-def batch_size_table(sweep):
-    """The sweep's summary as a Markdown table: one row per batch size, accuracy and time per norm."""
-    summary = {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
-    norms = [n for n in ("bn", "gn", "ln") if any(k[0] == n for k in summary)]
-    sizes = sorted({b for _, b in summary})
-    lines = ["| batch | peak LR | " + " | ".join(f"{n.upper()} test acc %" for n in norms)
-             + " | BN, batch stats | BN, recomputed stats | " + " | ".join(f"{n.upper()} s/epoch" for n in norms) + " |",
-             "|---:|---:|" + "---:|" * (2 * len(norms) + 2)]
-    for b in sizes:
-        cells = [summary.get((n, b)) for n in norms]
-        bn = summary.get(("bn", b), {})
-        extras = [pm(bn[k]) if k in bn else "-" for k in ("test_acc_batch_stats", "test_acc_precise_stats")]
-        lr = next(e for e in cells if e)["lr"]
-        lines.append(f"| {b} | {lr:.3g} | " + " | ".join(pm(e["test_acc"]) if e else "-" for e in cells)
-                     + " | " + " | ".join(extras) + " | "
-                     + " | ".join(f"{e['seconds_per_epoch']:.1f}" if e else "-" for e in cells) + " |")
-    return "\n".join(lines)
-
-
-def batch_size_section(path=RESULTS / "batch_size_sweep.json"):
-    sweep = json.loads(Path(path).read_text())
+def batch_size_section(results):
+    sweep = read(results, "batch_size_sweep.json")
     runs = sweep["runs"]
     seeds = sorted({r["config"]["seed"] for r in runs})
     first = runs[0]
     return "\n".join([
-        batch_size_table(sweep), "",
+        batch_size_table(sweep["summary"]), "",
         f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
         f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)} per run; "
         f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
-        f"testing in all, two or three runs at a time on the 2-core machine (so the seconds are those of a "
-        f"shared machine)."])
+        f"testing in all, two or three runs at a time on the 2-core machine."])
 
 
-def lr_rule_section(path=RESULTS / "batch_size_lr_rule.json"):
-    selection = json.loads(Path(path).read_text())
-    points = list(selection["summary"][0]["val_acc"])
-    lines = ["| LR rule | " + " | ".join(f"{p.split('/')[0].upper()}, batch {p.split('/')[1]}" for p in points)
-             + " | mean |", "|---|" + "---:|" * (len(points) + 1)]
-    for s in selection["summary"]:
-        lines.append(f"| {s['rule']} | " + " | ".join(f"{s['val_acc'][p]:.2f}%" for p in points)
-                     + f" | {s['mean_val_acc']:.2f}% |")
-    return "\n".join(lines)
+def lr_rule_section(results):
+    return lr_rule_table(read(results, "batch_size_lr_rule.json")["summary"])
 
 
-def speed_summary_section(path=RESULTS / "bench_cpu.json"):
+def speed_summary_section(results):
     """Two sentences for the README: our epoch, the classic one, and the bare model step."""
-    report = json.loads(Path(path).read_text())
+    report = read(results, "bench_cpu.json")
     r, hw = report["results"], report["hardware"]
     return (f"On {hw['processor']} ({hw['cpu_count']} cores, torch {hw['torch']}) a training epoch plus a test pass "
             f"takes {r['ours']['epoch_s']:.1f} s with this repo's pipeline and {r['classic']['epoch_s']:.1f} s with "
@@ -168,9 +145,9 @@ def speed_summary_section(path=RESULTS / "bench_cpu.json"):
             f"{report['ratio_classic_over_model']:.2f}x here.")
 
 
-def norm_costs_section(path=RESULTS / "bench_cpu_norms.json"):
+def norm_costs_section(results):
     """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py --norm-costs)."""
-    report = json.loads(Path(path).read_text())
+    report = read(results, "bench_cpu_norms.json")
     results, hw, args = report["results"], report["hardware"], report["args"]
     norms = list(results)
     lines = ["| batch | " + " | ".join(f"{n.upper()} train s/epoch" for n in norms) + " | "
@@ -186,7 +163,7 @@ def norm_costs_section(path=RESULTS / "bench_cpu_norms.json"):
 
 
 # block name -> the function that writes it
-SECTIONS = {"NORM_EXAMPLE": norm_example_markdown, "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
+SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
             "SPEED_SUMMARY": speed_summary_section,
             "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section,
             "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section}
@@ -197,22 +174,22 @@ def blocks(text):
     return {match[2]: match[3] for match in BLOCK.finditer(text)}
 
 
-def render(text):
-    """`text` with every generated block rewritten from the result files."""
+def render(text, results="results"):
+    """`text` with every generated block rewritten from the result files in `results`."""
     def body(match):
         if match[2] not in SECTIONS:
             raise KeyError(f"unknown generated block {match[2]!r}; known: {', '.join(SECTIONS)}")
-        return f"{match[1]}{SECTIONS[match[2]]()}\n{match[4]}"
+        return f"{match[1]}{SECTIONS[match[2]](results)}\n{match[4]}"
     return BLOCK.sub(body, text)
 
 
-def write(root=ROOT):
-    """Rewrite the generated blocks of every doc in `root`; returns the paths that changed."""
+def write(root=".", results=None):
+    """Rewrite the generated blocks of every doc in `root` from root/results; returns the paths that changed."""
     changed = []
     for name in DOCS:
         path = Path(root) / name
         text = path.read_text()
-        new = render(text)
+        new = render(text, results or Path(root) / "results")
         if new != text:
             path.write_text(new)
             changed.append(path)
@@ -228,7 +205,7 @@ def main(argv=None):
             print(f"updated {path}")
         return 0
     for name, section in SECTIONS.items():
-        print(f"<!-- BEGIN {name} -->\n{section()}\n<!-- END {name} -->\n")
+        print(f"<!-- BEGIN {name} -->\n{section('results')}\n<!-- END {name} -->\n")
     return 0
 
 

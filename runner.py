@@ -127,37 +127,48 @@ def start_ray(workers, address):
     return ray
 
 
-def in_process(todo, out, measure, bar):
-    """Yield (config, record, weights, error) for each run, trained one after another in this process."""
+def map_tasks(function, items, workers=1, address=None, resources=None):
+    """Yield (item, result, error) for `function(*item)` over `items`, as each finishes.
+
+    workers=1 without an address: one after another in this process, one torch thread each.
+    Otherwise each call is a Ray task with `resources` (default: one CPU), retried MAX_RETRIES times
+    if its worker or node dies; an exception in `function` is returned as `error` (a line of text)
+    and the others go on. Interrupted (Ctrl-C in a run in this process) stops everything.
+    """
+    if workers == 1 and not address:
+        yield from _in_process(function, items)
+    else:
+        yield from _on_ray(function, items, workers, address, resources or {"num_cpus": 1})
+
+
+def _in_process(function, items):
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        for config in todo:
+        for item in items:
             try:
-                record_, weights = train_one(config, out, measure, log=bar.write)
-                yield config, record_, weights, None
+                yield item, function(*item), None
             except Interrupted:
                 raise
-            except Exception as error:  # a failed run is reported, the others go on
-                yield config, None, None, f"{type(error).__name__}: {error}"
+            except Exception as error:  # a failed task is reported, the others go on
+                yield item, None, f"{type(error).__name__}: {error}"
     finally:
         torch.set_num_threads(threads)
 
 
-def on_ray(todo, out, measure, workers, address, gpus_per_run):
-    """Yield (config, record, weights, error) as the Ray tasks of `todo` finish, in any order."""
+def _on_ray(function, items, workers, address, resources):
     ray = start_ray(workers, address)
-    remote = ray.remote(train_one).options(**task_resources(todo[0].device, gpus_per_run),
-                                           max_retries=MAX_RETRIES, retry_exceptions=False)
-    pending = {remote.remote(config, out, measure): config for config in todo}
+    remote = ray.remote(function).options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False)
+    pending = {remote.remote(*item): item for item in items}
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            config = pending.pop(ref)
+            item = pending.pop(ref)
             try:
-                yield config, *ray.get(ref), None
+                yield item, ray.get(ref), None
             except ray.exceptions.RayError as error:
                 cause = getattr(error, "cause", None) or error
-                yield config, None, None, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
+                yield item, None, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
     finally:
         for ref in pending:  # Ctrl-C or an error in the driver: stop what still runs
             ray.cancel(ref, force=True)
@@ -181,20 +192,24 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
             + (f" ({'in this process' if workers == 1 and not address else 'on Ray'})" if todo else ""))
         failures = []
         with tqdm(total=len(todo), unit="run", desc="runs", dynamic_ncols=True, disable=not todo) as bar:
-            stream = (in_process(todo, out, measure, bar) if workers == 1 and not address
-                      else on_ray(todo, out, measure, workers, address, gpus_per_run)) if todo else ()
-            for config, run, weights, error in stream:
+            write = bar.write if log is print else log  # lines above the bar
+            in_here = workers == 1 and not address
+            tasks = [(config, out, measure, write if in_here else None) for config in todo]
+            stream = map_tasks(train_one, tasks, workers, address,
+                               task_resources(todo[0].device, gpus_per_run)) if todo else ()
+            for (config, *_), result, error in stream:
+                run, weights = result or (None, None)
                 if error is None and "diverged" in run and not keep_diverged:
                     error = f"non-finite loss in epoch {run['diverged']['epoch']}, step {run['diverged']['step']}"
                 if error is not None:
                     failures.append((run_name(config), error))
-                    bar.write(f"FAILED: {run_name(config)}: {error}")
+                    write(f"FAILED: {run_name(config)}: {error}")
                 else:
                     runs = record(results, run, summarize, order)
                     if models_dir is not None and weights is not None:
                         Path(models_dir).mkdir(parents=True, exist_ok=True)
                         save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
-                    bar.write(done_line(config, run))
+                    write(done_line(config, run))
                 bar.update()
     if failures:
         raise RunsFailed(failures)
@@ -207,7 +222,8 @@ def done_line(config, run):
         return f"done: {run_name(config)}, diverged in epoch {run['diverged']['epoch']}"
     last = run["epochs"][-1]
     seconds = sum(row["seconds"] for row in run["epochs"])
-    return f"done: {run_name(config)}, test acc {last['test_acc']:.2f}%, {seconds / 60:.1f} min of training"
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return f"done: {run_name(config)}, test acc {last['test_acc']:.2f}%, {took} of training and testing"
 
 
 def continue_command():

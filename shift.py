@@ -1,0 +1,156 @@
+"""Where they part ways at test time: the study's models, and BN without L1, on shifted test images.
+
+    python shift.py --data-dir DIR     # every saved model under every shift: results/shift.json,
+                                       # images/shift.png, images/shift_examples.png (minutes; no training)
+
+BN normalizes a test image with running averages collected on the training images; GN and LN
+normalize every image by its own statistics. Each model is evaluated on the MNIST test set under
+every shift of input_shifts.py; BN models three ways: with their running statistics (as deployed),
+with each test batch's own statistics (batches of 64, a fixed order), and with statistics re-estimated
+on the shifted test images themselves (no labels needed, but a set of shifted images is). The
+models come from results/study.json (GN, LN, BN+L1) and results/study_bn.json (BN, trained with
+`python main.py --norm all --variants bn`), their weights from results/models/.
+"""
+import argparse
+import json
+import statistics
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm
+from config import VARIANTS
+from data import DataError, DeviceLoader, default_data_dir, eval_batch_size, load_mnist_split, normalize
+from input_shifts import LEVELS, SHIFTS, shifted
+from runner import PATHS_NOTE, add_engine_flags, check_engine_args, map_tasks
+from study import STUDY_VARIANTS, results_file, run_key
+from system import WriteError, cpu_name, save_json
+from utils import evaluate
+
+STUDIES = (STUDY_VARIANTS, ("bn",))  # the results files whose models are evaluated
+BN_MODES = ("running", "test_batch", "adapted")
+TEST_BATCH = 64  # the training batch size: BN's test-batch statistics come from batches this large
+CPU = torch.device("cpu")
+
+
+def conditions():
+    """('clean', 0) and every (shift, severity) of input_shifts."""
+    return [("clean", 0)] + [(name, severity) for name in SHIFTS for severity in LEVELS[name]]
+
+
+def saved_models(results_dir):
+    """(variant key, seed, config, weights path) of every run in the studies' results files."""
+    from plots import model_path  # the one rule for where weights live
+    models = []
+    for variants in STUDIES:
+        path = results_file(results_dir, variants)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; train it with python main.py --norm all --variants "
+                                    f"{' '.join(variants)} --seeds 0 1 2")
+        for run in json.loads(path.read_text())["runs"]:
+            models.append((run_key(run), run["config"]["seed"], run["config"],
+                           str(model_path(Path(results_dir) / "models", run))))
+    return models
+
+
+@lru_cache(maxsize=1)
+def test_images(data_dir):
+    return load_mnist_split(data_dir, train=False)
+
+
+def evaluate_condition(name, severity, models, data_dir):
+    """Rows of every model under one shift and severity (BN models in each of BN_MODES)."""
+    from plots import load_model
+    torch.set_num_threads(1)  # as the study's runs were evaluated: the clean rows equal their final accuracies
+    images, labels = test_images(data_dir)
+    x = normalize(shifted(images, name, severity))
+    rows = []
+    for key, seed, config, path in models:
+        model = load_model(path, config)
+        results = ({"running": evaluate(model, DeviceLoader(x, labels, eval_batch_size(CPU))),
+                    "test_batch": evaluate_with_batch_statistics(model, x, labels, TEST_BATCH),
+                    "adapted": evaluate_adapted(model, x, labels)} if has_batch_norm(model)
+                   else {None: evaluate(model, DeviceLoader(x, labels, eval_batch_size(CPU)))})
+        rows += [{"variant": key, "seed": seed, "shift": name, "severity": severity, "bn_stats": mode,
+                  "test_acc": result["acc"], "test_loss": result["loss"]} for mode, result in results.items()]
+    return rows
+
+
+def summarize(rows):
+    """Per variant, shift, severity and BN mode: the test accuracy over seeds (mean, std, min, max)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["variant"], row["shift"], row["severity"], row["bn_stats"]), []).append(row["test_acc"])
+    return [{"variant": v, "shift": s, "severity": sev, "bn_stats": mode, "seeds": len(accs),
+             "test_acc": {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                          "min": min(accs), "max": max(accs)}}
+            for (v, s, sev, mode), accs in groups.items()]
+
+
+def columns(summary):
+    """(variant, BN mode) pairs in table order: every variant as deployed, then BN's other modes."""
+    variants = [k for k in VARIANTS if any(e["variant"] == k for e in summary)]
+    deployed = [(v, next(e["bn_stats"] for e in summary if e["variant"] == v)) for v in variants]
+    return deployed + [(v, mode) for v, first in deployed if first for mode in BN_MODES[1:]]
+
+
+def shift_table(summary):
+    """Markdown: one row per shift and severity, test accuracy (mean ± std over seeds) per variant and BN mode."""
+    cols = columns(summary)
+    cells = {(e["variant"], e["bn_stats"], e["shift"], e["severity"]): e["test_acc"] for e in summary}
+    names = {None: "", "running": "", "test_batch": ", test-batch stats", "adapted": ", adapted stats"}
+    lines = ["| shift | severity | " + " | ".join(f"{VARIANTS[v].label}{names[m]}" for v, m in cols) + " |",
+             "|---|---:|" + "---:|" * len(cols)]
+    for name, severity in conditions():
+        lines.append(f"| {name.replace('_', ' ')} | {severity} | " + " | ".join(
+            f"{cells[(v, m, name, severity)]['mean']:.2f} ± {cells[(v, m, name, severity)]['std']:.2f}"
+            if (v, m, name, severity) in cells else "-" for v, m in cols) + " |")
+    return "\n".join(lines)
+
+
+def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
+    """Evaluate every saved model under every condition; write results/shift.json and both figures."""
+    models = saved_models(results_dir)
+    tasks = [(name, severity, models, data_dir) for name, severity in conditions()]
+    rows, failures = [], []
+    for (name, severity, *_), result, error in map_tasks(evaluate_condition, tasks, workers, address):
+        if error:
+            failures.append(f"{name}/{severity}: {error}")
+        else:
+            rows += result
+            log(f"done: {name}, severity {severity}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(tasks)} evaluations failed, e.g. " + "; ".join(failures[:2]))
+    rows.sort(key=lambda r: (conditions().index((r["shift"], r["severity"])), list(VARIANTS).index(r["variant"]),
+                             r["seed"], BN_MODES.index(r["bn_stats"]) if r["bn_stats"] else 0))
+    path = Path(results_dir) / "shift.json"
+    save_json({"summary": summarize(rows), "results": rows, "device": "cpu", "cpu": cpu_name(), "threads": 1,
+               "torch": torch.__version__}, path)
+    from plots import redraw_shift
+    return [path, *redraw_shift(path, images_dir, data_dir)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results", default="results", help="folder with study.json, study_bn.json and models/")
+    p.add_argument("--images", default="images", help="folder for shift.png and shift_examples.png")
+    p.add_argument("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
+    add_engine_flags(p)
+    args = p.parse_args(argv)
+    check_engine_args(p, args)
+    try:
+        paths = run(args.results, args.images, args.data_dir or default_data_dir(), args.workers, args.address)
+    except (OSError, DataError, WriteError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import shift  # Ray ships functions of __main__ by value, without their module: send them by name instead
+    sys.exit(shift.main())
