@@ -68,7 +68,7 @@ def speed_section(results):
     lines = [(f"{hw['processor']}, {hw['cpu_count']} cores ({hw['torch_threads']} torch threads), torch "
               f"{hw['torch']}; batch {args['batch_size']}; {args['rounds']} rounds x {args['steps']} timed "
               f"training steps and one test pass per pipeline, after {args['warmup']} warm-up steps; medians:"), "",
-             "| pipeline | train s/epoch (60k) | test s/pass (10k) | epoch s | train images/s | peak memory MB "
+             "| pipeline | train s/epoch (60k) | test s/pass (10k) | epoch s | train images/s | peak memory MiB "
              "| % of matmul peak |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
         lines.append(f"| {name} | {r['train_epoch_s']:.2f} | {r['test_pass_s']:.2f} | {r['epoch_s']:.2f} | "
