@@ -61,8 +61,9 @@ def variant_key(config):
 
 
 def run_label(config):
-    """'GN', 'LN', 'BN' or 'BN+L1': the variant's label."""
-    return VARIANTS[variant_key(config)].label
+    """'GN', 'LN', 'BN' or 'BN+L1': the variant's label ('GN+L1' for a variant not in VARIANTS)."""
+    key = variant_key(config)
+    return VARIANTS[key].label if key in VARIANTS else config.norm.upper() + "+L1"
 
 
 # settings that name a run folder when they differ from DEFAULTS, and their short names
@@ -75,11 +76,11 @@ def run_name(config):
     """The run folder's name: the variant, every setting that differs from DEFAULTS, the seed.
 
     'gn_seed0' for the study's GN run, 'bn_e3_bs512_seed1' for a sweep run; L1 other than the
-    study's lambda is named too ('bn_l1_1e-04_seed0'). The one place run folders are named.
+    study's lambda is named too ('bn_l1_0.0001_seed0'). The one place run folders are named.
     """
     parts = [variant_key(config)]
     if config.l1 and config.l1 != STUDY_L1:
-        parts.append(f"{config.l1:.0e}")
+        parts.append(f"{config.l1:g}")
     for name, short in NAMED.items():
         value = getattr(config, name)
         if value != getattr(DEFAULTS, name):

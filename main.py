@@ -130,7 +130,8 @@ def study(config, args):
     """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote."""
     engine = dict(out=args.out, workers=args.workers, address=args.address, gpus_per_run=args.gpus_per_run)
     seeds = args.seeds or [config.seed]
-    code = run_command(lambda: run_study(config, seeds, args.results, args.variants, args.l1, **engine),
+    base = replace(config, l1=0.0)  # --l1 sets the lambda of the variants with L1 only
+    code = run_command(lambda: run_study(base, seeds, args.results, args.variants, args.l1, **engine),
                        results_file(args.results, args.variants), config.data_dir, config.device)
     if code:
         return code

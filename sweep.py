@@ -175,9 +175,9 @@ def main(argv=None):
     code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
                                            args.gpus_per_run, measure=bn_statistics_metrics, order=run_order),
                        results, args.data_dir or default_data_dir(), args.device)
-    if code == 0 and name == "sweep":
+    if code == 0 and name in ("sweep", "equal_steps"):
         from plots import redraw_batch_size  # matplotlib only where a figure is drawn
-        print(f"wrote {redraw_batch_size(results, args.images)}")
+        print(f"wrote {redraw_batch_size(results.parent, args.images)}")
     return code
 
 

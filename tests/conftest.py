@@ -1,8 +1,11 @@
-"""Fixtures: tiny synthetic MNIST in torchvision's raw file format, and the real copy if present."""
+"""Fixtures and helpers shared by the test files: tiny synthetic MNIST in torchvision's raw file format,
+the real copy if present, main.py in a subprocess, waiting on a condition, a disk that fills up, figures."""
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +72,83 @@ def start_main(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_until(predicate, timeout, what, process=None, interval=0.01):
+    """Poll `predicate()` until it is true; AssertionError naming `what` after `timeout` seconds.
+
+    With `process` (a Popen), also fail at once, with its stderr, if it ends before the condition holds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        ended = process is not None and process.poll() is not None  # looked at before the predicate
+        if predicate():
+            return
+        if ended:
+            _, stderr = process.communicate(timeout=60)
+            raise AssertionError(f"gave up waiting for {what}: the process ended first "
+                                 f"(exit code {process.returncode}); its stderr:\n{stderr}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {timeout} s")
+        time.sleep(interval)
+
+
 def finished_epochs(run_dir):
     """Epochs recorded in run_dir/metrics.json (0 if there is none yet)."""
     try:
         return len(json.loads((Path(run_dir) / "metrics.json").read_text())["epochs"])
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def full_disk_after(monkeypatch, good_writes):
+    """Make system.atomic_write's files fail with ENOSPC half-way through, after `good_writes` good ones."""
+    import system
+    real_open, calls = open, []
+
+    class HalfFull:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and str(path).endswith(".tmp"):
+            calls.append(path)
+            if len(calls) > good_writes:
+                return HalfFull(file)
+        return file
+
+    monkeypatch.setattr(system, "open", fake_open, raising=False)
+    return calls
+
+
+# the study's figures: file stem -> (width, height) in pixels
+STUDY_FIGURES = {
+    "test_loss": (960, 600), "test_accuracy": (1680, 600), "train_vs_test": (1320, 960),
+    "misclassified_gn": (600, 1440), "misclassified_ln": (600, 1440), "misclassified_bn_l1": (600, 1440),
+}
+
+
+def check_figures(images_dir, figures=None):
+    """Every figure is a PNG of its size in `images_dir`, and not one flat colour."""
+    import matplotlib.image as mpimg
+    for stem, size in (figures or STUDY_FIGURES).items():
+        pixels = mpimg.imread(Path(images_dir) / f"{stem}.png")
+        assert pixels.shape[1::-1] == size, stem
+        assert pixels[..., :3].std() > 0.02, f"{stem} is nearly one flat colour"

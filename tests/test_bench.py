@@ -1,3 +1,4 @@
+"""bench.py: the speed comparison of the data pipelines, and the norms' costs at every batch size."""
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import pytest
 
 from bench import ratios, summarize
 from conftest import ROOT
-from sweep import BATCH_SIZES
+from config import BATCH_SIZES
 
 
 @pytest.mark.parametrize("lever", ["none", "bf16"])

@@ -1,3 +1,4 @@
+"""model.py: the CNN, its normalization layers, its parameter budget."""
 import pytest
 import torch
 from torch import nn
@@ -69,7 +70,3 @@ def test_layernorm_over_chw_would_blow_the_budget():
     assert count_parameters(model) == 53994
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
-
-def test_l1_covers_7232_conv_weights():
-    from utils import l1_weights
-    assert sum(w.numel() for w in l1_weights(Net("bn"))) == 7232

@@ -1,3 +1,4 @@
+"""norm_example.py: the worked example of BN, GN and LN statistics, against PyTorch's layers."""
 import torch
 from torch import nn
 

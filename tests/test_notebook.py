@@ -1,11 +1,13 @@
-"""The notebook's Colab path: one repository URL, a setup cell that clones it, and a clear word when it can't."""
+"""The notebook: it runs end to end with smoke parameters; and its Colab path: one repository URL, a setup cell
+that clones it, and a clear word when it can't."""
 import json
+import os
 import re
 import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_figures
 
 NOTEBOOK = ROOT / "S5_Normalization.ipynb"
 BADGE = re.compile(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/main/S5_Normalization\.ipynb")
@@ -19,6 +21,21 @@ def cells():
 def repo_url():
     parameters = next(source for source in cells() if source.startswith("# Parameters"))
     return re.search(r'^REPO_URL = "([^"]+)"', parameters, re.M)[1]
+
+
+def test_notebook_runs_end_to_end_with_smoke_parameters(tiny_mnist, tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    papermill.execute_notebook(str(ROOT / "S5_Normalization.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu",
+                                           "SWEEP_RERUN": True},
+                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
+    check_figures(tmp_path / "images")
+    outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
+    shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
+    assert len(shown) == 7  # both graphs, the train/test panel, the three grids and the sweep
+    small = json.loads((tmp_path / "results" / "batch_size_sweep_small.json").read_text())
+    assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
 
 
 def test_the_repository_url_is_written_once_and_the_badges_agree():

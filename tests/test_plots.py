@@ -1,32 +1,38 @@
+"""plots.py: every figure (the study's, the batch-size sweep's, the LR range's), drawn from result files alone."""
 import json
-import os
+import math
+from dataclasses import asdict
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_main
 import plots
-from plots import DPI, plot_accuracy, plot_metric, plot_misclassified, plot_train_vs_test
+from conftest import STUDY_FIGURES, check_figures
+from config import STUDY_L1, Config, run_name
+from data import DeviceLoader
+from model import Net
+from plots import (DPI, collect_misclassified, model_path, plot_accuracy, plot_batch_size, plot_lr_range,
+                   plot_metric, plot_misclassified, plot_train_vs_test)
+from utils import set_seed
 
-FIGURES = {  # file stem -> (width, height) in pixels
-    "test_loss": (960, 600), "test_accuracy": (1680, 600), "train_vs_test": (1320, 960),
-    "misclassified_gn": (600, 1440), "misclassified_ln": (600, 1440), "misclassified_bn_l1": (600, 1440),
-}
+STUDY = [("GN", {"norm": "gn"}), ("LN", {"norm": "ln"}), ("BN+L1", {"norm": "bn", "l1": STUDY_L1})]
 
 
 def fake_runs(seeds=2, epochs=5):
     runs = []
-    for i, label in enumerate(["GN", "LN", "BN+L1"]):
+    for i, (label, settings) in enumerate(STUDY):
         for seed in range(seeds):
             acc = 99.0 + 0.1 * i + 0.05 * np.arange(epochs) + 0.01 * seed
-            runs.append({"variant": label, "params": 7410, "config": {"seed": seed}, "epochs": [
+            config = {k: v for k, v in asdict(Config(seed=seed, **settings)).items() if k != "data_dir"}
+            runs.append({"variant": label, "params": 7410, "config": config, "epochs": [
                 {"epoch": e + 1, "train_loss": 0.1, "train_acc": a - 1, "test_loss": 0.05 - 0.001 * e,
                  "test_acc": a, "seconds": 1.0} for e, a in enumerate(acc)]})
     return runs
 
 
+# ---- the study's figures -----------------------------------------------------------------------------
 def test_accuracy_graph_is_annotated_zoomed_and_shows_every_epoch():
     fig = plot_accuracy(fake_runs())
     ax, whole = fig.axes
@@ -42,6 +48,12 @@ def test_accuracy_graph_is_annotated_zoomed_and_shows_every_epoch():
     assert whole.get_xlabel() == "epoch" and whole.get_title() == "Test error, every epoch (log scale)"
     assert [line.get_xdata()[0] for line in whole.get_lines()] == [1, 1, 1]  # from epoch 1 on
     assert whole.get_lines()[0].get_ydata()[0] == pytest.approx(100 - 99.005)
+
+
+def test_every_variant_keeps_its_colour():
+    fig = plot_accuracy(fake_runs())
+    colours = [line.get_color() for line in fig.axes[0].get_lines()]
+    assert colours == ["tab:blue", "tab:orange", "tab:green"]
 
 
 def test_loss_graph_labels():
@@ -66,49 +78,42 @@ def test_misclassified_grid_tiles_say_true_and_predicted():
     assert fig._suptitle.get_text() == "LN: 10 misclassified test images\n(test accuracy 99.43%)"
     image = fig.axes[0].get_images()[0]
     assert image.get_cmap().name == "gray" and image.get_array().min() >= 0  # un-normalized
-    assert tuple(fig.get_size_inches() * DPI) == FIGURES["misclassified_ln"]
+    assert tuple(fig.get_size_inches() * DPI) == STUDY_FIGURES["misclassified_ln"]
 
 
-def check_figures(images_dir):
-    for stem, size in FIGURES.items():
-        pixels = mpimg.imread(images_dir / f"{stem}.png")
-        assert pixels.shape[1::-1] == size, stem
-        assert pixels[..., :3].std() > 0.02, f"{stem} is nearly one flat colour"
+def test_collect_misclassified_returns_only_wrong_predictions():
+    set_seed(0)
+    model = Net("bn").eval()
+    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    found = collect_misclassified(model, DeviceLoader(x, y, 16), limit=10)
+    assert len(found["true"]) == 10 and found["images"].shape == (10, 1, 28, 28)
+    assert (found["true"] != found["pred"]).all()
+    assert ((found["confidence"] > 0) & (found["confidence"] <= 1)).all()
 
 
-def test_norm_all_writes_results_and_every_figure(tiny_mnist, tmp_path):
-    result = run_main("--norm", "all", "--epochs", "2", "--seeds", "0", "1", "--data-dir", tiny_mnist,
-                      "--out", tmp_path / "runs", "--results", tmp_path / "results",
-                      "--images", tmp_path / "images", "--no-progress", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    study = json.loads((tmp_path / "results" / "study.json").read_text())
-    assert [run["variant"] for run in study["runs"]] == ["GN", "LN", "BN+L1"] * 2
-    assert [run["config"]["l1"] for run in study["runs"][:3]] == [0.0, 0.0, 1e-5]
-    assert set(study["summary"]) == {"GN", "LN", "BN+L1"}
-    assert study["summary"]["LN"]["seeds"] == [0, 1]
+def test_model_path_is_the_runs_name(tmp_path):
+    runs = fake_runs(seeds=1)
+    assert [model_path(tmp_path, run).name for run in runs] == ["gn_seed0.pt", "ln_seed0.pt", "bn_l1_seed0.pt"]
+    sweep_run = {"config": {"norm": "bn", "epochs": 3, "batch_size": 512, "seed": 1}}
+    assert model_path(tmp_path, sweep_run) == tmp_path / f"{run_name(Config(epochs=3, batch_size=512, seed=1))}.pt"
+
+
+def test_study_figures_from_results_and_weights(tiny_mnist, tmp_path):
+    runs = fake_runs(seeds=1)
+    (tmp_path / "models").mkdir()
+    for run in runs:
+        torch.save(Net(run["config"]["norm"]).state_dict(), model_path(tmp_path / "models", run))
+    (tmp_path / "study.json").write_text(json.dumps({"summary": None, "runs": runs}))
+    figures = plots.study_figures(tmp_path, tiny_mnist)
+    assert set(figures) == set(STUDY_FIGURES)
+    plots.save_figures(figures, tmp_path / "images")
     check_figures(tmp_path / "images")
-    assert "| BN+L1 | 7,410 |" in result.stdout
-
-
-def test_notebook_runs_end_to_end_with_smoke_parameters(tiny_mnist, tmp_path, monkeypatch):
-    papermill = pytest.importorskip("papermill")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    papermill.execute_notebook(str(ROOT / "S5_Normalization.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu",
-                                           "SWEEP_RERUN": True},
-                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
-    check_figures(tmp_path / "images")
-    outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
-    shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
-    assert len(shown) == 7  # both graphs, the train/test panel, the three grids and the sweep
-    small = json.loads((tmp_path / "results" / "batch_size_sweep_small.json").read_text())
-    assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
 
 
 def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
     # the committed results and weights; the grids show tiny_mnist's test images (no real MNIST needed)
     assert plots.main(["--out", str(tmp_path / "figures"), "--data-dir", str(tiny_mnist)]) == 0
-    check_figures(tmp_path / "figures")
+    check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660)})
 
 
 def test_plots_names_missing_weights(tiny_mnist, tmp_path, capsys):
@@ -117,3 +122,93 @@ def test_plots_names_missing_weights(tiny_mnist, tmp_path, capsys):
     (results / "study.json").write_text(json.dumps({"runs": fake_runs(seeds=1)}))
     assert plots.main(["--results", str(results), "--out", str(tmp_path / "f"), "--data-dir", str(tiny_mnist)]) == 1
     assert f"{results / 'models' / 'gn_seed0.pt'} is missing" in capsys.readouterr().err
+
+
+# ---- the batch-size sweep -----------------------------------------------------------------------------
+def fake_sweep(batch_sizes=(2, 8, 32), epochs=3, slopes=(("bn", 0.3), ("gn", 0.0), ("ln", 0.05))):
+    summary = []
+    for norm, slope in slopes:
+        for b in batch_sizes:
+            error = 1.0 + slope * (5 - math.log2(b))
+            entry = {"norm": norm, "batch_size": b, "lr": 0.01,
+                     "epochs": epochs if epochs else 3 * b // 64, "seeds": [0, 1, 2],
+                     "test_acc": {"mean": 100 - error, "min": 100 - error - 0.1, "max": 100 - error + 0.1},
+                     "seconds_per_epoch": 100.0 / b}
+            if norm == "bn":
+                for key in ("test_acc_batch_stats", "test_acc_precise_stats"):
+                    entry[key] = dict(entry["test_acc"])
+            summary.append(entry)
+    return {"summary": summary, "runs": [{"device": "cpu", "cpu": "Some CPU", "threads": 1}]}
+
+
+def fake_costs(batch_sizes=(2, 8, 32)):
+    return {"hardware": {"processor": "Some CPU", "torch_threads": 1},
+            "results": {norm: {str(b): {"train_epoch_s": factor * 6000 / b} for b in batch_sizes}
+                        for norm, factor in (("bn", 1.0), ("gn", 1.3), ("ln", 1.2))}}
+
+
+def test_batch_size_plot_has_log2_axes_labels_and_a_line_per_curve():
+    error_ax, time_ax = plot_batch_size(fake_sweep(), fake_costs()).axes
+    assert error_ax.get_xscale() == "log" and error_ax.get_yscale() == "log"
+    assert error_ax.get_xlabel() == "training batch size (log2 scale)"
+    assert error_ax.get_ylabel() == "test error (%, log scale)"
+    assert error_ax.get_title() == "Test error after 3 epochs, mean over 3 seeds (band: min-max)"
+    assert [t.get_text() for t in error_ax.get_legend().get_texts()] == [
+        "BN, 3 epochs", "BN, tested with batch statistics", "BN, running statistics recomputed after training",
+        "GN, 3 epochs", "LN, 3 epochs"]
+    assert [t.get_text() for t in time_ax.get_legend().get_texts()] == ["BN", "GN", "LN"]
+    assert time_ax.get_ylabel() == "seconds per epoch (60,000 images)"
+    assert "Some CPU, 1 thread(s)" in time_ax.get_title() and "bench.py --norm-costs" in time_ax.get_title()
+    assert list(time_ax.get_lines()[1].get_ydata()) == pytest.approx([1.3 * 3000, 1.3 * 750, 1.3 * 187.5])
+    assert [tick.get_text() for tick in error_ax.get_xticklabels()] == ["2", "8", "32"]
+    assert list(error_ax.get_lines()[0].get_ydata()) == pytest.approx([2.2, 1.6, 1.0])
+
+
+def test_batch_size_plot_shows_equal_steps_with_hollow_markers():
+    equal_steps = fake_sweep(batch_sizes=(128, 256, 512), epochs=None, slopes=(("bn", 0.3), ("gn", 0.0)))
+    error_ax, _ = plot_batch_size(fake_sweep(batch_sizes=(8, 64, 512)), fake_costs((8, 64, 512)), equal_steps).axes
+    hollow = [line for line in error_ax.get_lines() if line.get_markerfacecolor() == "white"]
+    assert [line.get_label() for line in hollow] == ["BN, the steps of batch 64 (6, 12, 24 epochs)",
+                                                     "GN, the steps of batch 64 (6, 12, 24 epochs)"]
+    assert all(line.get_marker() == "s" and list(line.get_xdata()) == [128, 256, 512] for line in hollow)
+    assert [line.get_color() for line in hollow] == ["tab:red", "tab:blue"]  # each norm's colour
+    filled = [line for line in error_ax.get_lines() if line.get_markerfacecolor() != "white"]
+    assert len(filled) == 5 and all(line.get_marker() == "o" for line in filled)
+
+
+def test_redraw_batch_size_reads_the_sweep_equal_steps_and_costs_files(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "batch_size_sweep.json").write_text(json.dumps(fake_sweep()))
+    (results / "batch_size_equal_steps.json").write_text(json.dumps(
+        fake_sweep(batch_sizes=(128, 256, 512), epochs=None)))
+    (results / "bench_cpu_norms.json").write_text(json.dumps(fake_costs()))
+    path = plots.redraw_batch_size(results, tmp_path / "images")
+    assert path == tmp_path / "images" / "batch_size.png"
+    check_figures(tmp_path / "images", {"batch_size": (1680, 660)})
+
+
+# ---- the learning-rate range ----------------------------------------------------------------------------
+def lr_entry(optimizer, norm, lr, acc=None, diverged=0):
+    e = {"optimizer": optimizer, "norm": norm, "lr": lr, "epochs": 3, "seeds": [0, 1, 2],
+         "diverged": [{"seed": s, "epoch": 1, "step": 5} for s in range(diverged)], "usable": False}
+    if acc is not None:
+        e["test_acc"] = {"mean": acc, "min": acc - 0.1, "max": acc + 0.1, "std": 0.05}
+    return e
+
+
+def test_lr_range_plot_one_panel_per_optimizer_and_a_mark_where_a_seed_diverged(tmp_path):
+    summary = [lr_entry("adam", "bn", 0.001, 99.0), lr_entry("adam", "bn", 0.01, 99.2),
+               lr_entry("adam", "bn", 0.1, diverged=3), lr_entry("adam", "gn", 0.01, 99.1),
+               lr_entry("sgd", "gn", 0.1, 98.9), lr_entry("sgd", "gn", 1.0, 98.0, diverged=1)]
+    adam, sgd = plot_lr_range(summary).axes
+    assert adam.get_title() == "Adam: test error after 3 epochs, mean of 3 seeds (band: min-max)"
+    assert sgd.get_title().startswith("SGD: test error") and adam.get_xscale() == adam.get_yscale() == "log"
+    assert [t.get_text() for t in adam.get_legend().get_texts()] == ["BN", "BN: a seed diverged", "GN"]
+    assert [t.get_text() for t in sgd.get_legend().get_texts()] == ["GN", "GN: a seed diverged"]
+    bn_line, bn_diverged = adam.get_lines()[:2]
+    assert list(bn_line.get_xdata()) == [0.001, 0.01] and list(bn_line.get_ydata()) == pytest.approx([1.0, 0.8])
+    assert list(bn_diverged.get_xdata()) == [0.1] and bn_diverged.get_marker() == "x"
+    (tmp_path / "lr.json").write_text(json.dumps({"summary": summary, "runs": []}))
+    assert plots.redraw_lr_range(tmp_path / "lr.json", tmp_path / "images") == tmp_path / "images" / "lr_range.png"
+    assert mpimg.imread(tmp_path / "images" / "lr_range.png").shape[1::-1] == (1680, 600)

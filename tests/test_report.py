@@ -1,10 +1,12 @@
-"""The docs quote the committed result files word for word: every generated block is current (report.py)."""
+"""report.py: the docs quote the committed result files word for word; every generated block is current."""
 import shutil
 
 import pytest
 
 import report
 from conftest import ROOT
+
+RESULTS = ROOT / "results"
 
 
 def doc_blocks(root=ROOT):
@@ -17,16 +19,31 @@ def doc_blocks(root=ROOT):
 def test_generated_block_is_current(name):
     assert name in doc_blocks(), f"no <!-- BEGIN {name} --> block in {', '.join(report.DOCS)}"
     doc, body = doc_blocks()[name]
-    assert body == report.SECTIONS[name]() + "\n", f"{doc} is out of date ({name}): run python report.py --write"
+    assert body == report.SECTIONS[name](RESULTS) + "\n", f"{doc} is out of date ({name}): run python report.py --write"
+
+
+def docs_copy(folder):
+    """The docs copied into `folder` and brought up to date (whether the committed ones are is tested above)."""
+    for doc in report.DOCS:
+        shutil.copy(ROOT / doc, folder / doc)
+    report.write(folder, RESULTS)
+    return folder
 
 
 def test_write_replaces_stale_blocks_and_nothing_else(tmp_path):
-    for doc in report.DOCS:
-        shutil.copy(ROOT / doc, tmp_path / doc)
-    readme = tmp_path / "README.md"
+    readme = docs_copy(tmp_path) / "README.md"
     text = readme.read_text()
-    doc, body = doc_blocks()["RESULTS"]
+    doc, body = doc_blocks(tmp_path)["RESULTS"]
     readme.write_text(text.replace(body, "| stale | table |\n"))
-    assert report.write(tmp_path) == [readme]
+    assert report.write(tmp_path, RESULTS) == [readme]
     assert readme.read_text() == text
-    assert report.write(tmp_path) == []
+    assert report.write(tmp_path, RESULTS) == []
+
+
+def test_write_reads_the_results_folder_beside_the_docs(tmp_path):
+    docs_copy(tmp_path)
+    shutil.copytree(RESULTS, tmp_path / "results")
+    assert report.write(tmp_path) == []  # root/results is a copy of the same files: nothing to change
+    (tmp_path / "results" / "study.json").unlink()
+    with pytest.raises(FileNotFoundError, match="study.json"):
+        report.write(tmp_path)

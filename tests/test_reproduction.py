@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from data import DeviceLoader, load_mnist, load_mnist_split, to_device
+from config import VARIANTS, Config
+from data import DeviceLoader, eval_batch_size, load_mnist, load_mnist_split, to_device
 from plots import load_model, model_path
-from study import VARIANTS
+from study import STUDY_VARIANTS
 from system import cpu_name
-from utils import Config, build, eval_batch_size, evaluate, train_epoch
+from utils import build, evaluate, train_epoch
 
 RESULTS = ROOT / "results"
 CPU = torch.device("cpu")
@@ -64,7 +65,7 @@ def test_first_epoch_of_the_study_reproduces(real_mnist):
             assert got[key] == pytest.approx(expected[key], abs=absolute, rel=relative), key
 
 
-@pytest.mark.parametrize("label", [label for label, _ in VARIANTS.values()])
+@pytest.mark.parametrize("label", [VARIANTS[key].label for key in STUDY_VARIANTS])
 def test_saved_weights_reach_the_accuracy_the_study_claims(label, real_mnist):
     run = first_seed_run(label)
     path = model_path(RESULTS / "models", run)

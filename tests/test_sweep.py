@@ -1,19 +1,14 @@
-"""The batch-size sweep: runs, resumes, shards and merges; BN's batch- and recomputed-statistics evaluations."""
+"""sweep.py: the batch-size sweep, its equal-steps variant and the LR rule; runs, resumes, tables, the command."""
 import json
-import math
 
 import matplotlib.image as mpimg
 import pytest
-import torch
-from torch import nn
 
+import plots
 import sweep
-from data import DeviceLoader
-from model import Net
-from plots import plot_batch_size
-from utils import Config, evaluate, set_seed
+from config import BATCH_SIZES, Config, run_name
 
-SMOKE = ["--batch-sizes", "8", "32", "--seeds", "0", "--epochs", "1", "--device", "cpu"]
+SMOKE = ["--seeds", "0", "--epochs", "1", "--device", "cpu", "--workers", "1"]
 
 
 def run_sweep(tiny_mnist, tmp_path, *extra):
@@ -22,7 +17,7 @@ def run_sweep(tiny_mnist, tmp_path, *extra):
 
 
 def test_smoke_sweep_writes_results_and_figure(tiny_mnist, tmp_path):
-    assert run_sweep(tiny_mnist, tmp_path) == 0
+    assert run_sweep(tiny_mnist, tmp_path, "--batch-sizes", "8", "32") == 0
     results = json.loads((tmp_path / "sweep.json").read_text())
     assert [(r["config"]["norm"], r["config"]["batch_size"]) for r in results["runs"]] == [
         ("bn", 8), ("gn", 8), ("ln", 8), ("bn", 32), ("gn", 32), ("ln", 32)]
@@ -33,36 +28,43 @@ def test_smoke_sweep_writes_results_and_figure(tiny_mnist, tmp_path):
         assert extras == (run["config"]["norm"] == "bn")
     assert [(e["norm"], e["batch_size"]) for e in results["summary"]] == [
         ("bn", 8), ("bn", 32), ("gn", 8), ("gn", 32), ("ln", 8), ("ln", 32)]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+        run_name(Config(norm=n, epochs=1, batch_size=b)) for n in ("bn", "gn", "ln") for b in (8, 32))
     assert mpimg.imread(tmp_path / "images" / "batch_size.png").shape[1::-1] == (1680, 660)
 
 
-def test_half_finished_sweep_resumes_and_skips_recorded_runs(tiny_mnist, tmp_path, capsys):
-    assert run_sweep(tiny_mnist, tmp_path, "--shard", "2/2") == 0  # every second run: 3 of 6
+def test_half_finished_sweep_resumes_and_skips_recorded_runs(tiny_mnist, tmp_path, capsys, monkeypatch):
+    # the figure is test_smoke_sweep's business: here only the runs and the results file count
+    monkeypatch.setattr(plots, "redraw_batch_size", lambda results, images: "no figure")
+    assert run_sweep(tiny_mnist, tmp_path, "--batch-sizes", "8") == 0  # 3 of the 6 runs below
     first = json.loads((tmp_path / "sweep.json").read_text())["runs"]
     assert len(first) == 3
     capsys.readouterr()
-    assert run_sweep(tiny_mnist, tmp_path) == 0
+    assert run_sweep(tiny_mnist, tmp_path, "--batch-sizes", "8", "32") == 0
     out = capsys.readouterr().out
-    assert "3 of 6 runs already in" in out and out.count("done: ") == 3 and "0 runs left" in out
+    assert "3 of 6 runs already in" in out and "3 to go" in out and out.count("done: ") == 3
     runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
     assert len(runs) == 6 and all(run in runs for run in first)  # recorded runs untouched
     assert len(list((tmp_path / "runs").iterdir())) == 6
+    capsys.readouterr()
+    assert run_sweep(tiny_mnist, tmp_path, "--batch-sizes", "32", "8") == 0
+    assert "6 of 6 runs already in" in capsys.readouterr().out
+    assert json.loads((tmp_path / "sweep.json").read_text())["runs"] == runs
 
 
-def test_shards_partition_the_runs_and_merge(tiny_mnist, tmp_path):
-    configs = sweep.sweep_configs(Config(epochs=1))
-    shards = [sweep.shard_of(configs, (k, 3)) for k in (1, 2, 3)]
-    assert sorted(map(repr, sum(shards, []))) == sorted(map(repr, configs))
-    for k in (1, 2):
-        part = tmp_path / f"part{k}"
-        assert sweep.main([*SMOKE, "--data-dir", str(tiny_mnist), "--shard", f"{k}/2", "--out", str(part),
-                           "--results", str(part / "sweep.json"), "--images", str(part)]) == 0
-    merged = tmp_path / "merged.json"
-    assert sweep.main(["--merge", str(tmp_path / "part1" / "sweep.json"), str(tmp_path / "part2" / "sweep.json"),
-                       "--results", str(merged)]) == 0
-    assert len(json.loads(merged.read_text())["runs"]) == 6
-    with pytest.raises(SystemExit):
-        sweep.main(["--shard", "3/2"])
+def test_sweep_configs_are_seed_major_without_l1():
+    configs = sweep.sweep_configs(Config(l1=1e-4, epochs=3), seeds=(0, 1), batch_sizes=(8, 64))
+    assert [(c.seed, c.batch_size, c.norm) for c in configs] == [
+        (s, b, n) for s in (0, 1) for b in (8, 64) for n in ("bn", "gn", "ln")]
+    assert all(c.l1 == 0 and c.epochs == 3 and c.lr == sweep.peak_lr(c.batch_size) for c in configs)
+    assert len(sweep.sweep_configs(Config())) == len(sweep.SEEDS) * len(BATCH_SIZES) * 3
+
+
+def test_equal_steps_configs_train_large_batches_for_the_steps_of_batch_64():
+    configs = sweep.equal_steps_configs(Config(epochs=3), seeds=(0,))
+    assert sorted({(c.batch_size, c.epochs) for c in configs}) == [(128, 6), (256, 12), (512, 24)]
+    assert all(c.epochs * 60_000 // c.batch_size == 3 * 60_000 // 64 for c in configs)  # the same steps
+    assert all(c.lr == sweep.peak_lr(c.batch_size) and c.l1 == 0 for c in configs)
 
 
 def test_lr_rules_agree_at_the_study_batch_size_and_are_capped():
@@ -71,74 +73,65 @@ def test_lr_rules_agree_at_the_study_batch_size_and_are_capped():
     assert sweep.peak_lr(4096, "linear") == sweep.LR_CAP
 
 
-def running_stats(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+def test_selection_configs_and_summary_rank_the_rules():
+    configs = sweep.selection_configs(Config(epochs=3))
+    assert len(configs) == len(sweep.SELECTION_BATCH_SIZES) * 3 * len(sweep.LR_RULES)
+    assert all(c.val_split == sweep.SELECTION_VAL_SPLIT and c.seed == 0 for c in configs)
+    bonus = {"constant": 0.0, "sqrt": 0.5, "linear": 0.2}
+    runs = [{"config": {"norm": c.norm, "batch_size": c.batch_size, "lr": c.lr},
+             "epochs": [{"val_acc": 98.0 + bonus[rule] + (c.batch_size == 4)}]}
+            for c, rule in zip(configs, [r for _ in range(len(configs) // 3) for r in sweep.LR_RULES])]
+    summary = sweep.summarize_selection(runs)
+    assert [s["rule"] for s in summary] == ["sqrt", "linear", "constant"]
+    assert summary[0]["mean_val_acc"] == pytest.approx(99.0) and summary[0]["val_acc"]["gn/512"] == 98.5
+    table = sweep.lr_rule_table(summary).splitlines()
+    assert table[0] == "| LR rule | BN, batch 512 | GN, batch 512 | LN, batch 512 | BN, batch 4 | GN, batch 4 " \
+                       "| LN, batch 4 | mean |"
+    assert table[2] == "| sqrt | 98.50% | 98.50% | 98.50% | 99.50% | 99.50% | 99.50% | 99.00% |"
 
 
-def test_batch_statistics_evaluation_matches_hand_computation_and_keeps_running_stats():
-    bn = nn.BatchNorm2d(2)
-    with torch.no_grad():
-        bn.weight.copy_(torch.tensor([2.0, 0.5]))
-        bn.bias.copy_(torch.tensor([0.1, -0.3]))
-        bn.running_mean.copy_(torch.tensor([5.0, -5.0]))
-        bn.running_var.copy_(torch.tensor([9.0, 0.1]))
-    model = nn.Sequential(bn).eval()
-    before = running_stats(model)
-    x = torch.arange(36.0).reshape(2, 2, 3, 3) ** 1.5
-    mean = x.mean((0, 2, 3), keepdim=True)
-    var = ((x - mean) ** 2).mean((0, 2, 3), keepdim=True)  # BN normalizes with the biased variance
-    by_hand = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 2, 1, 1) + bn.bias.view(1, 2, 1, 1)
-    assert torch.allclose(sweep.with_batch_statistics(model).eval()(x), by_hand, atol=1e-5)
-    assert all(torch.equal(before[k], v) for k, v in running_stats(model).items())
-    assert not torch.allclose(model(x), by_hand)  # the original still uses its running statistics
+def sweep_run(norm, batch_size, seed, acc, seconds=2.0, **extras):
+    return {"config": {"norm": norm, "batch_size": batch_size, "lr": sweep.peak_lr(batch_size), "epochs": 3,
+                       "seed": seed},
+            "epochs": [{"test_acc": 90.0, "seconds": seconds}, {"test_acc": acc, "seconds": seconds, **extras}]}
 
 
-def test_recomputed_statistics_average_the_batches_and_keep_the_original():
-    model = nn.Sequential(nn.BatchNorm2d(1)).eval()
-    before = running_stats(model)
-    images = torch.randn(sweep.PRECISE_IMAGES, 1, 4, 4) * 3 + 2
-    precise = sweep.with_precise_statistics(model, images, torch.zeros(len(images), dtype=torch.long), 0, 0)
-    assert precise[0].running_mean.item() == pytest.approx(images.mean().item(), abs=1e-4)
-    assert precise[0].running_var.item() == pytest.approx(images.var().item(), rel=1e-2)
-    assert all(torch.equal(before[k], v) for k, v in running_stats(model).items())
+def test_summary_and_table_of_a_sweep():
+    runs = [sweep_run("gn", 8, 0, 99.0), sweep_run("gn", 8, 1, 99.2), sweep_run("bn", 8, 0, 98.0,
+            test_acc_batch_stats=97.0, test_acc_precise_stats=98.5), sweep_run("bn", 512, 0, 99.1, seconds=1.0)]
+    summary = sweep.summarize_sweep(runs)
+    assert [(e["norm"], e["batch_size"]) for e in summary] == [("bn", 8), ("bn", 512), ("gn", 8)]
+    gn = summary[2]
+    assert gn["seeds"] == [0, 1] and gn["test_acc"]["mean"] == pytest.approx(99.1)
+    assert gn["test_acc"]["min"] == 99.0 and gn["test_acc"]["max"] == 99.2 and gn["seconds_per_epoch"] == 2.0
+    assert summary[0]["test_acc_batch_stats"]["mean"] == 97.0 and "test_acc_batch_stats" not in summary[1]
+    table = sweep.batch_size_table(summary).splitlines()
+    assert table[0] == ("| batch | epochs | peak LR | BN test acc % | GN test acc % | BN, batch stats "
+                        "| BN, recomputed stats |")
+    assert table[2] == "| 8 | 3 | 0.01 | 98.00 ± 0.00 | 99.10 ± 0.14 | 97.00 ± 0.00 | 98.50 ± 0.00 |"
+    assert table[3] == "| 512 | 3 | 0.01 | 99.10 ± 0.00 | - | - | - |"
 
 
-def test_bn_statistics_metrics_on_a_net_leave_its_state_untouched():
-    set_seed(0)
-    model = Net("bn").eval()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    metrics = sweep.bn_statistics_metrics(model, {"train": (x, y), "test": (x, y)}, Config(batch_size=8))
-    assert set(metrics) == {"test_loss_batch_stats", "test_acc_batch_stats",
-                            "test_loss_precise_stats", "test_acc_precise_stats"}
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert evaluate(model, DeviceLoader(x, y, 64))["loss"] != pytest.approx(metrics["test_loss_batch_stats"])
+def test_help_lists_the_engine_flags(capsys):
+    with pytest.raises(SystemExit) as done:
+        sweep.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--workers" in out and "--address" in out and "--gpus-per-run" in out and "--equal-steps" in out
 
 
-def fake_sweep():
-    summary = []
-    for norm, slope in (("bn", 0.3), ("gn", 0.0), ("ln", 0.05)):
-        for b in (2, 8, 32):
-            error = 1.0 + slope * (5 - math.log2(b))
-            entry = {"norm": norm, "batch_size": b, "lr": 0.01, "epochs": 3, "seeds": [0, 1, 2],
-                     "test_acc": {"mean": 100 - error, "min": 100 - error - 0.1, "max": 100 - error + 0.1},
-                     "seconds_per_epoch": 100.0 / b}
-            if norm == "bn":
-                for key in ("test_acc_batch_stats", "test_acc_precise_stats"):
-                    entry[key] = dict(entry["test_acc"])
-            summary.append(entry)
-    return {"summary": summary, "runs": [{"device": "cpu", "cpu": "Some CPU", "threads": 1}]}
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--batch-sizes", "0"], ["--workers", "0"],
+                                  ["--equal-steps", "--select-lr"]])
+def test_bad_flags_are_refused(args, tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        sweep.main([*args, "--results", str(tmp_path / "r.json")])
+    assert refused.value.code == 2 and not (tmp_path / "r.json").exists()
 
 
-def test_batch_size_plot_has_log2_axes_labels_and_a_line_per_curve():
-    error_ax, time_ax = plot_batch_size(fake_sweep()).axes
-    assert error_ax.get_xscale() == "log" and error_ax.get_yscale() == "log"
-    assert error_ax.get_xlabel() == "training batch size (log2 scale)"
-    assert error_ax.get_ylabel() == "test error (%, log scale)"
-    assert error_ax.get_title() == "Test error after 3 epochs, mean over 3 seeds (band: min-max)"
-    assert [t.get_text() for t in error_ax.get_legend().get_texts()] == [
-        "BN", "BN, tested with batch statistics", "BN, running statistics recomputed after training", "GN", "LN"]
-    assert [t.get_text() for t in time_ax.get_legend().get_texts()] == ["BN", "GN", "LN"]
-    assert time_ax.get_ylabel() == "seconds per epoch" and "Some CPU, 1 thread(s)" in time_ax.get_title()
-    assert [tick.get_text() for tick in error_ax.get_xticklabels()] == ["2", "8", "32"]
-    assert list(error_ax.get_lines()[0].get_ydata()) == pytest.approx([2.2, 1.6, 1.0])
+def test_results_paths_are_relative_to_the_working_folder(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main([*SMOKE, "--equal-steps", "--batch-sizes", "128", "--norms", "gn", "--data-dir",
+                       str(tiny_mnist)]) == 0
+    results = json.loads((tmp_path / sweep.RESULTS["equal_steps"]).read_text())
+    assert [(r["config"]["batch_size"], r["config"]["epochs"]) for r in results["runs"]] == [(128, 2)]
+    assert (tmp_path / "runs" / "batch_size" / run_name(Config(norm="gn", batch_size=128, epochs=2))).is_dir()

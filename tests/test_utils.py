@@ -1,6 +1,6 @@
+"""utils.py: the L1 term, one epoch of training, evaluation, a whole run (fit), NaN handling, the optimizer."""
+import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -8,11 +8,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import ROOT
-from data import MNIST_MEAN, MNIST_STD, DeviceLoader, load_mnist, random_affine
+import utils
+from conftest import finished_epochs, full_disk_after
+from config import SGD_MOMENTUM, Config
+from data import DeviceLoader, load_mnist
 from model import Net
-from plots import collect_misclassified
-from utils import Config, build, evaluate, fit, l1_penalty, l1_weights, set_seed, train_epoch
+from utils import (NonFiniteLoss, WriteFailed, build, evaluate, fit, l1_penalty, l1_weights, make_optimizer,
+                   set_seed, train_epoch)
+
+QUIET = {"progress": False, "log": lambda line: None}
 
 
 def test_l1_covers_conv_weights_only_and_equals_hand_sum():
@@ -26,6 +30,31 @@ def test_l1_covers_conv_weights_only_and_equals_hand_sum():
     assert math.isclose(l1_penalty(model).item(), by_hand, rel_tol=1e-5)
     not_covered = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
     assert not not_covered & {id(w) for w in covered}
+    assert sum(w.numel() for w in covered) == 7232
+
+
+def test_l1_term_enters_the_gradient_but_not_the_reported_loss():
+    # one plain SGD step with and without L1 from the same weights and batch: the data gradient is the
+    # same, so the weights differ by lr * lambda * sign(w) exactly where L1 applies, and nowhere else
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    lr, lam = 0.1, 0.01
+    steps = {}
+    for l1 in (0.0, lam):
+        set_seed(0)
+        model = Net("bn", dropout=0.0)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        result = train_epoch(model, DeviceLoader(x, y, 16), torch.optim.SGD(model.parameters(), lr=lr), l1_lambda=l1)
+        steps[l1] = result, dict(model.named_parameters())
+    (plain_result, plain), (l1_result, with_l1) = steps[0.0], steps[lam]
+    assert l1_result == plain_result  # the reported loss is the cross-entropy alone
+    model = Net("bn")
+    covered = {id(w) for w in l1_weights(model)}
+    names = {name for name, p in model.named_parameters() if id(p) in covered}
+    assert len(names) == 8 and not any(name.endswith(".1.weight") for name in names)  # no norm scales
+    for name in plain:
+        difference = with_l1[name].detach() - plain[name].detach()
+        expected = -lr * lam * before[name].sign() if name in names else torch.zeros_like(difference)
+        assert torch.allclose(difference, expected, atol=1e-6), name
 
 
 @pytest.mark.parametrize("norm,l1", [("bn", 0.0), ("bn", 1e-4), ("gn", 0.0), ("ln", 1e-4)])
@@ -71,44 +100,6 @@ def test_loops_take_a_plain_dataloader_and_count_every_sample():
         evaluate(model, [])
 
 
-def test_test_loader_is_in_order_and_unaugmented():
-    x, y = torch.randn(10, 1, 28, 28), torch.arange(10)
-    batches = list(DeviceLoader(x, y, batch_size=4))
-    assert [len(b[1]) for b in batches] == [4, 4, 2]
-    assert torch.equal(torch.cat([b[1] for b in batches]), y)
-    assert torch.equal(torch.cat([b[0] for b in batches]), x)
-
-
-def test_train_loader_permutation_and_augmentation_follow_the_seed():
-    x, y = torch.randn(100, 1, 28, 28), torch.arange(100)
-    epoch = lambda seed: list(DeviceLoader(x, y, 32, shuffle=True, degrees=10, shift=2, seed=seed))  # noqa: E731
-    a, b, c = epoch(0), epoch(0), epoch(1)
-    assert len(a) == 3  # the last incomplete batch is dropped
-    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
-    assert not torch.equal(a[0][1], c[0][1])
-    assert sorted(torch.cat([t[1] for t in a]).tolist()) != list(range(96))  # shuffled, not in order
-
-
-def test_augmentation_keeps_background_black_and_moves_pixels():
-    black = (0 - MNIST_MEAN) / MNIST_STD
-    x = torch.full((8, 1, 28, 28), black)
-    x[:, :, 10:18, 10:18] = (1 - MNIST_MEAN) / MNIST_STD
-    out = random_affine(x, 15, 3, torch.Generator().manual_seed(0))
-    assert torch.allclose(out[:, :, :3, :], torch.tensor(black), atol=1e-5)  # no grey border
-    assert not torch.allclose(out, x)
-    assert torch.allclose(random_affine(x, 0, 0, torch.Generator()), x, atol=1e-5)
-
-
-def test_collect_misclassified_returns_only_wrong_predictions():
-    set_seed(0)
-    model = Net("bn").eval()
-    x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
-    found = collect_misclassified(model, DeviceLoader(x, y, 16), limit=10)
-    assert len(found["true"]) == 10 and found["images"].shape == (10, 1, 28, 28)
-    assert (found["true"] != found["pred"]).all()
-    assert ((found["confidence"] > 0) & (found["confidence"] <= 1)).all()
-
-
 def test_one_epoch_on_10k_real_images_reaches_95_percent(real_mnist):
     """Only a working pipeline (data, normalization, model, optimizer) gets here in one epoch."""
     splits = load_mnist(real_mnist, torch.device("cpu"), train_subset=10_000)
@@ -125,8 +116,7 @@ def test_compile_flag_trains_the_same_model_and_saves_plain_names(tiny_mnist, tm
     monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or real_compile(m, backend="eager"))
     splits = load_mnist(tiny_mnist, torch.device("cpu"))
     config = Config(norm="bn", l1=1e-4, epochs=2)
-    runs = {flag: fit(replace(config, compile=flag), splits, tmp_path / str(flag), progress=False,
-                      log=lambda line: None) for flag in (False, True)}
+    runs = {flag: fit(replace(config, compile=flag), splits, tmp_path / str(flag), **QUIET) for flag in (False, True)}
     assert [type(m) for m in compiled] == [Net]
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in runs[flag][0]["epochs"]]
              for flag in (False, True)]
@@ -136,28 +126,103 @@ def test_compile_flag_trains_the_same_model_and_saves_plain_names(tiny_mnist, tm
     assert all(torch.equal(plain[k], with_compile[k]) for k in plain)
 
 
-FAULTS_OF_20_EVAL_PASSES = """
-import resource, sys, torch
-from model import Net
-from system import keep_freed_memory
-if sys.argv[1] == "keep" and not keep_freed_memory():
-    print("unsupported")
-    sys.exit()
-model, x = Net("bn").eval(), torch.randn(256, 1, 28, 28)
-with torch.no_grad():
-    for _ in range(3):
-        model(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        model(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
+# ---- the optimizer ---------------------------------------------------------------------------------
+def test_optimizer_choice():
+    params = list(Net("bn").parameters())
+    adam = make_optimizer(Config(lr=0.02, weight_decay=1e-4), params)
+    assert type(adam) is torch.optim.Adam
+    assert adam.defaults["lr"] == 0.02 and adam.defaults["weight_decay"] == 1e-4
+    sgd = make_optimizer(Config(optimizer="sgd", lr=0.5), params)
+    assert type(sgd) is torch.optim.SGD
+    assert sgd.defaults["momentum"] == SGD_MOMENTUM and sgd.defaults["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="valid values are adam, sgd"):
+        make_optimizer(Config(optimizer="rmsprop"), params)
 
 
-def test_keep_freed_memory_stops_the_page_faults_of_repeated_passes():
-    # a fresh process each: the allocator setting is process-wide and cannot be undone
-    faults = {how: subprocess.run([sys.executable, "-c", FAULTS_OF_20_EVAL_PASSES, how], cwd=ROOT, check=True,
-                                  capture_output=True, text=True).stdout.strip() for how in ("default", "keep")}
-    if faults["keep"] == "unsupported":
-        pytest.skip("not Linux with glibc")
-    assert 20 * int(faults["keep"]) < int(faults["default"]), faults  # measured: 0 to 1,700 vs ~165,000
+def test_build_uses_the_configs_optimizer_under_the_one_cycle_schedule(tiny_mnist):
+    splits = load_mnist(tiny_mnist, torch.device("cpu"), train_subset=256)
+    _, train_loader, _, optimizer, scheduler = build(Config(optimizer="sgd", lr=0.5, epochs=2), splits)
+    assert type(optimizer) is torch.optim.SGD
+    assert type(scheduler) is torch.optim.lr_scheduler.OneCycleLR
+    assert scheduler.total_steps == 2 * len(train_loader) == 2 * (256 // 64)
+    assert max(group["max_lr"] for group in optimizer.param_groups) == 0.5
+
+
+# ---- fit ---------------------------------------------------------------------------------------------
+def test_fit_adds_final_metrics_to_the_last_epoch_before_the_last_write(tiny_mnist, tmp_path):
+    splits = load_mnist(tiny_mnist, torch.device("cpu"), train_subset=256)
+    calls = []
+
+    def final_metrics(model, splits_, config):
+        calls.append((type(model), splits_ is splits, config.epochs))
+        return {"extra_acc": 12.5}
+
+    metrics, model = fit(Config(epochs=2, train_subset=256), splits, tmp_path, final_metrics=final_metrics, **QUIET)
+    assert calls == [(Net, True, 2)]
+    assert "extra_acc" not in metrics["epochs"][0] and metrics["epochs"][-1]["extra_acc"] == 12.5
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]["extra_acc"] == 12.5
+    assert (tmp_path / "model.pt").exists() and isinstance(model, Net)
+
+
+def test_fit_with_sgd_trains_and_records_the_optimizer(tiny_mnist, tmp_path):
+    splits = load_mnist(tiny_mnist, torch.device("cpu"))
+    metrics, _ = fit(Config(optimizer="sgd", lr=0.05, epochs=2), splits, tmp_path, **QUIET)
+    assert metrics["config"]["optimizer"] == "sgd"
+    assert metrics["epochs"][-1]["test_acc"] > 50  # the synthetic classes are easy to learn
+
+
+# ---- NaN and a full disk: the good epochs are kept --------------------------------------------------
+def test_non_finite_loss_keeps_the_good_epochs(tiny_mnist, tmp_path, monkeypatch):
+    splits = load_mnist(tiny_mnist, torch.device("cpu"))
+    calls = []
+
+    def train_that_breaks_in_epoch_2(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return train_epoch(model, *args, **kwargs)
+
+    monkeypatch.setattr(utils, "train_epoch", train_that_breaks_in_epoch_2)
+    with pytest.raises(NonFiniteLoss, match="BN epoch 2, step 1") as stopped:
+        fit(Config(epochs=3), splits, tmp_path, **QUIET)
+    assert (stopped.value.epoch, stopped.value.step, stopped.value.run_dir) == (2, 1, tmp_path)
+    assert finished_epochs(tmp_path) == 1
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert len(state["metrics"]["epochs"]) == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_non_finite_loss_names_its_step():
+    model = Net("bn")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    with pytest.raises(NonFiniteLoss, match="step 1: the loss is nan") as stopped:
+        train_epoch(model, DeviceLoader(x, y, 4), torch.optim.Adam(model.parameters()))
+    assert stopped.value.step == 1
+    with pytest.raises(NonFiniteLoss) as stopped:  # a check every 5 steps still names the step it saw
+        train_epoch(model, DeviceLoader(x, y, 4), torch.optim.Adam(model.parameters()), check_every=5)
+    assert stopped.value.step == 5
+
+
+def test_stop_request_interrupts_at_the_next_check():
+    model = Net("gn")
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    with pytest.raises(utils.Interrupted) as stopped:
+        train_epoch(model, DeviceLoader(x, y, 4), torch.optim.Adam(model.parameters()), should_stop=lambda: True,
+                    check_every=2)
+    assert stopped.value.step == 2
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_good_epoch(tiny_mnist, tmp_path, monkeypatch):
+    splits = load_mnist(tiny_mnist, torch.device("cpu"), train_subset=256)
+    full_disk_after(monkeypatch, good_writes=2)  # epoch 1: checkpoint.pt and metrics.json
+    with pytest.raises(WriteFailed, match=r"BN epoch 2: could not write .*checkpoint.pt: No space left on device"):
+        fit(Config(epochs=3, train_subset=256), splits, tmp_path, **QUIET)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    assert finished_epochs(tmp_path) == 1
+    assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["metrics"]["epochs"]) == 1
+    monkeypatch.undo()
+    metrics, _ = fit(Config(epochs=3, train_subset=256), splits, tmp_path, **QUIET)
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]
