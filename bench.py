@@ -22,7 +22,9 @@ results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when
 (config.BATCH_SIZES): a training step and an inference pass on one fixed batch, the norms taking
 turns; it writes results/bench_<device>_norms.json. `--inference` times inference of BN, BN folded
 into its convs (bn_stats.folded), GN and LN at batch 1, 64 and 1000, side by side, and writes
-results/bench_<device>_inference.json.
+results/bench_<device>_inference.json. `--workers-speedup` times the same short study runs (the study's
+three variants, seeds 0 and 1, 1 epoch on 20,000 images) with the runner at --workers 1 and --workers 2,
+in alternating rounds, and Ray's start-up on its own; it writes results/bench_<device>_workers.json.
 """
 import argparse
 import json
@@ -354,6 +356,49 @@ def main_inference(args):
     print(f"folded BN: max |logit difference| {gap:.2e} over 1,000 random inputs; wrote {out}")
 
 
+def main_workers_speedup(args):
+    """--workers-speedup: the runner with 1 and 2 workers, alternating rounds; Ray's start-up timed apart."""
+    import tempfile
+
+    import ray
+
+    from runner import run_configs, start_ray
+    from study import study_configs, summarize as summarize_study
+    base = Config(epochs=1, train_subset=20_000, device="cpu", data_dir=args.data_dir)
+    configs = study_configs(base, seeds=[0, 1])
+    starts = []
+    for _ in range(3):
+        began = time.perf_counter()
+        start_ray(2, None)
+        starts.append(time.perf_counter() - began)
+        ray.shutdown()
+    start_ray(2, None)  # kept: the rounds below time the runs, not the start-up
+    walls, accuracies = {1: [], 2: []}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for i in range(args.rounds):
+            for workers in ((1, 2) if i % 2 == 0 else (2, 1)):
+                folder = Path(scratch) / f"round{i}_w{workers}"
+                began = time.perf_counter()
+                runs = run_configs(configs, folder / "r.json", summarize_study, folder / "runs", workers=workers,
+                                   log=lambda line: None)
+                walls[workers].append(time.perf_counter() - began)
+                accuracies.setdefault(workers, [r["epochs"][-1]["test_acc"] for r in runs])
+                print(f"round {i + 1}: --workers {workers}: {walls[workers][-1]:.1f} s", flush=True)
+    ray.shutdown()
+    median = {w: statistics.median(t) for w, t in walls.items()}
+    report = {"args": recorded(args), "hardware": hardware(torch.device("cpu")),
+              "runs": [f"{c.norm}{'+L1' if c.l1 else ''} seed {c.seed}" for c in configs],
+              "epochs": 1, "train_subset": base.train_subset, "wall_s": walls, "median_wall_s": median,
+              "speedup": median[1] / median[2], "ray_start_s": starts, "median_ray_start_s": statistics.median(starts),
+              "same_accuracies": accuracies[1] == accuracies[2]}
+    out = Path(args.out or "results/bench_cpu_workers.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"median wall: --workers 1 {median[1]:.1f} s, --workers 2 {median[2]:.1f} s, speed-up "
+          f"{report['speedup']:.2f}x; Ray start-up {report['median_ray_start_s']:.1f} s; same accuracies: "
+          f"{report['same_accuracies']}; wrote {out}")
+
+
 def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
     model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
@@ -400,6 +445,8 @@ def parse_args(argv=None):
                    help="instead: time every norm at every batch size of config.BATCH_SIZES, side by side")
     p.add_argument("--inference", action="store_true",
                    help="instead: inference of BN, BN folded into its convs, GN and LN at batch 1, 64 and 1000")
+    p.add_argument("--workers-speedup", action="store_true",
+                   help="instead: short study runs with the runner at --workers 1 and 2, alternating rounds")
     p.add_argument("--cost-images", type=int, default=2048,
                    help="--norm-costs and --inference: images per timed block")
     p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
@@ -428,6 +475,8 @@ def main(argv=None):
         return main_norm_costs(args)
     if args.inference:
         return main_inference(args)
+    if args.workers_speedup:
+        return main_workers_speedup(args)
     spec = Spec(args.device, args.data_dir, args.batch_size, args.norm, args.lever, args.warmup,
                 args.classic_workers, args.malloc)
     device = torch.device(args.device)

@@ -264,12 +264,21 @@ def plot_costs(ax, costs):
            ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
 
 
-def redraw_batch_size(results_dir, images_dir):
-    """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path."""
-    read = lambda name: json.loads((Path(results_dir) / name).read_text()) if (Path(results_dir) / name).exists() \
-        else None  # noqa: E731
-    fig = plot_batch_size(read("batch_size_sweep.json"), read("bench_cpu_norms.json"),
-                          read("batch_size_equal_steps.json"))
+def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
+    """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path.
+
+    `sweep`, `equal_steps`: other files than results_dir's batch_size_sweep.json and
+    batch_size_equal_steps.json. None (nothing drawn) when there is no sweep: equal steps alone make no figure.
+    """
+    def read(path):
+        return json.loads(Path(path).read_text()) if Path(path).exists() else None
+
+    results_dir = Path(results_dir)
+    sweep = read(sweep or results_dir / "batch_size_sweep.json")
+    if sweep is None:
+        return None
+    fig = plot_batch_size(sweep, read(results_dir / "bench_cpu_norms.json"),
+                          read(equal_steps or results_dir / "batch_size_equal_steps.json"))
     path = save_figures({"batch_size": fig}, images_dir)[0]
     plt.close(fig)
     return path

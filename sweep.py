@@ -177,7 +177,8 @@ def main(argv=None):
                        results, args.data_dir or default_data_dir(), args.device)
     if code == 0 and name in ("sweep", "equal_steps"):
         from plots import redraw_batch_size  # matplotlib only where a figure is drawn
-        print(f"wrote {redraw_batch_size(results.parent, args.images)}")
+        path = redraw_batch_size(results.parent, args.images, **{name: results})
+        print(f"wrote {path}" if path else f"no batch_size_sweep.json beside {results}: no figure drawn")
     return code
 
 

@@ -16,6 +16,9 @@ REAL_MNIST = Path(os.environ.get("REAL_MNIST_DIR", ROOT.parent / "shared" / "mni
 # urllib honours these: any download attempt is refused at once instead of reaching a network
 OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+# Ray on loopback only, in this process and the ones the tests start: without this, Ray (on Linux) turns
+# 127.0.0.1 into the machine's network address when a driver joins a cluster (ray._private.services)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def write_idx(path, array, magic):

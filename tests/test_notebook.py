@@ -1,8 +1,9 @@
-"""The notebook: it runs end to end with smoke parameters; and its Colab path: one repository URL, a setup cell
-that clones it, and a clear word when it can't."""
+"""The notebook: a smoke run from the repo writes only into a scratch folder; its Colab path: one repository
+URL, a setup cell that clones it, a clear word when it can't, and an upload list that is enough to run."""
+import ast
 import json
-import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -23,19 +24,72 @@ def repo_url():
     return re.search(r'^REPO_URL = "([^"]+)"', parameters, re.M)[1]
 
 
-def test_notebook_runs_end_to_end_with_smoke_parameters(tiny_mnist, tmp_path, monkeypatch):
+def repo_files():
+    """The repo's own files: git's list in a checkout, else every file outside the ignored folders."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    if listed.returncode == 0 and listed.stdout:
+        return [path for path in listed.stdout.splitlines() if (ROOT / path).is_file()]
+    skip = {".git", ".venv", "runs", "data", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+    return [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)]
+
+
+def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(tiny_mnist, tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    papermill.execute_notebook(str(ROOT / "S5_Normalization.ipynb"), str(tmp_path / "out.ipynb"),
+    copy = tmp_path / "repo"
+    for path in repo_files():
+        (copy / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, copy / path)
+    monkeypatch.setenv("PYTHONPATH", str(copy))
+    papermill.execute_notebook(str(copy / NOTEBOOK.name), str(tmp_path / "out.ipynb"), cwd=str(copy),
                                parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu",
-                                           "SWEEP_RERUN": True},
-                               cwd=str(tmp_path), kernel_name="python3", progress_bar=False)
-    check_figures(tmp_path / "images")
+                                           "SWEEP_RERUN": True}, kernel_name="python3", progress_bar=False)
+    changed = [path for path in repo_files() if (copy / path).read_bytes() != (ROOT / path).read_bytes()]
+    assert changed == [], f"a smoke run changed committed files: {changed}"
+    written = {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()} - set(repo_files())
+    assert written and all(path.startswith("runs/smoke/") or "__pycache__" in path for path in written), written
+    check_figures(copy / "runs" / "smoke" / "images")
     outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
-    assert len(shown) == 7  # both graphs, the train/test panel, the three grids and the sweep
-    small = json.loads((tmp_path / "results" / "batch_size_sweep_small.json").read_text())
+    assert len(shown) >= 7  # both graphs, the train/test panel, the three grids, the sweep, and what is committed
+    small = json.loads((copy / "runs" / "smoke" / "batch_size_sweep_small.json").read_text())
     assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
+
+
+def imported_repo_modules(source, found=None):
+    """Every repo module that `source` imports, directly or through other repo modules, at any depth."""
+    found = set() if found is None else found
+    for node in ast.walk(ast.parse(source)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        for name in names:
+            top = name.split(".")[0]
+            if (ROOT / f"{top}.py").exists() and top not in found:
+                found.add(top)
+                imported_repo_modules((ROOT / f"{top}.py").read_text(), found)
+    return found
+
+
+def upload_list():
+    setup = next(source for source in cells() if source.startswith("# Setup"))
+    return ast.literal_eval(re.search(r"^REPO_FILES = (\[.*?\])", setup, re.M | re.S)[1])
+
+
+def test_the_upload_list_is_what_the_notebooks_imports_need():
+    notebook = json.loads(NOTEBOOK.read_text())["cells"]
+    imports = "\n".join("".join(c["source"]) for c in notebook if c["cell_type"] == "code"
+                        and not "".join(c["source"]).startswith(("# Setup", "# Parameters")))
+    code = "\n".join(line for line in imports.splitlines() if not line.startswith(("%", "!")))
+    assert upload_list() == sorted(f"{name}.py" for name in imported_repo_modules(code))
+
+
+def test_in_colab_with_only_the_listed_files_uploaded_the_notebook_runs(tiny_mnist, tmp_path, monkeypatch):
+    work = tmp_path / "content"
+    work.mkdir()
+    for name in upload_list():
+        shutil.copy2(ROOT / name, work / name)
+    run_as_colab(tmp_path, monkeypatch, "file:///no/such/repo", tiny_mnist, work=work)  # a clone would fail
+    assert not (work / "repo").exists()
+    check_figures(work / "runs" / "smoke" / "images")
 
 
 def test_the_repository_url_is_written_once_and_the_badges_agree():
@@ -47,15 +101,16 @@ def test_the_repository_url_is_written_once_and_the_badges_agree():
     assert sum(source.count("github.com/") for source in cells()[1:]) == 1  # only REPO_URL itself
 
 
-def run_as_colab(tmp_path, monkeypatch, repo_url, data_dir):
-    """Execute the notebook in an empty folder, in a kernel where `google.colab` is importable."""
+def run_as_colab(tmp_path, monkeypatch, repo_url, data_dir, work=None):
+    """Execute the notebook in `work` (default: an empty folder), in a kernel where `google.colab` is importable."""
     papermill = pytest.importorskip("papermill")
     fake = tmp_path / "fake_colab"
     fake.mkdir()
     (fake / "sitecustomize.py").write_text(FAKE_COLAB)  # runs when the kernel starts
     monkeypatch.setenv("PYTHONPATH", str(fake))  # and the repo's modules are NOT on the path
-    work = tmp_path / "content"
-    work.mkdir()
+    if work is None:
+        work = tmp_path / "content"
+        work.mkdir()
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(work), kernel_name="python3",
                                progress_bar=False, parameters={"SMOKE": True, "DATA_DIR": str(data_dir),
                                                                "DEVICE": "cpu", "REPO_URL": repo_url})
@@ -77,5 +132,5 @@ def test_a_failed_clone_says_what_to_do(tiny_mnist, tmp_path, monkeypatch):
         run_as_colab(tmp_path, monkeypatch, "file:///no/such/repo", tiny_mnist)
     message = str(failure.value)
     assert "Could not fetch the code from file:///no/such/repo" in message
-    assert "upload the repo's .py files" in message and "set REPO_URL" in message
+    assert "upload the repo's files bn_stats.py" in message and "set REPO_URL" in message
     assert "CalledProcessError" not in message
