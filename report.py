@@ -6,7 +6,7 @@
 Run it from the repo root: like every command here, it reads results/ and the docs relative to the
 working folder.
 
-A block is the text between `<!-- BEGIN NAME -->` and `<!-- END NAME -->`; tests/test_readme.py
+A block is the text between `<!-- BEGIN NAME -->` and `<!-- END NAME -->`; tests/test_report.py
 fails when one differs from what this file generates.
 """
 import argparse
@@ -162,11 +162,91 @@ def norm_costs_section(results):
     return "\n".join(lines)
 
 
+def machines(runs):
+    """'AMD EPYC' or 'AMD EPYC (40 runs), Intel(R) Xeon(R) Processor (23 runs)': where the runs were made."""
+    counts = {}
+    for run in runs:
+        counts[run.get("cpu", "an unrecorded CPU")] = counts.get(run.get("cpu", "an unrecorded CPU"), 0) + 1
+    return counts.popitem()[0] if len(counts) == 1 else ", ".join(f"{c} ({n} runs)" for c, n in counts.items())
+
+
+def seeds_line(runs):
+    seeds = sorted({r["config"]["seed"] for r in runs})
+    return f"seeds {', '.join(map(str, seeds))}"
+
+
+def lr_range_section(results):
+    lr = read(results, "lr_range.json")
+    runs, first = lr["runs"], lr["runs"][0]
+    diverged = sum("diverged" in run for run in runs)
+    return "\n".join([
+        lr_range_table(lr["summary"]), "",
+        f"From `results/lr_range.json`: {len(runs)} runs of {first['config']['epochs']} epochs at batch "
+        f"{first['config']['batch_size']} ({seeds_line(runs)}; mean ± std over seeds; {diverged} diverged), "
+        f"device `{first['device']}`, torch {first['torch']}, {first['threads']} torch thread per run, on "
+        f"{machines(runs)}. ✓: usable, a mean test error within 1.5x of that norm's best."])
+
+
+def equal_steps_section(results):
+    equal = read(results, "batch_size_equal_steps.json")
+    runs = equal["runs"]
+    return "\n".join([
+        batch_size_table(equal["summary"]), "",
+        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over "
+        f"the seeds each point has), each for the 2,811 steps of 3 epochs at batch 64, {hardware_line(runs[0])} "
+        f"per run."])
+
+
+def shift_section(results):
+    shift = read(results, "shift.json")
+    rows = shift["results"]
+    models = {(r["variant"], r["seed"]) for r in rows}
+    return "\n".join([
+        shift_table(shift["summary"]), "",
+        f"From `results/shift.json`: {len(models)} models (the study's and BN's, {len(models) // 4} seeds each) "
+        f"on the 10,000 test images under every shift; test accuracy %, mean ± std over seeds; {shift['cpu']}, "
+        f"torch {shift['torch']}, {shift['threads']} torch thread."])
+
+
+def inference_section(results):
+    report = read(results, "bench_cpu_inference.json")
+    hw, res = report["hardware"], report["results"]
+    names = {"bn": "BN", "bn_folded": "BN folded", "gn": "GN", "ln": "LN"}
+    lines = ["| batch | " + " | ".join(f"{names.get(n, n)} images/s" for n in res) + " |",
+             "|---:|" + "---:|" * len(res)]
+    for b in res[next(iter(res))]:
+        lines.append(f"| {b} | " + " | ".join(f"{res[n][b]['images_per_s']:,.0f}" for n in res) + " |")
+    lines += ["", f"From `results/bench_cpu_inference.json`: {hw['processor']}, {hw['torch_threads']} torch "
+                  f"thread(s), torch {hw['torch']}; medians of {report['args']['rounds']} rounds in which the four "
+                  f"take turns. Folded BN's logits differ from BN's by at most "
+                  f"{report['folded_max_abs_logit_difference']:.1e} (1,000 random inputs)."]
+    return "\n".join(lines)
+
+
+def workers_section(results):
+    report = read(results, "bench_cpu_workers.json")
+    hw, walls = report["hardware"], report["wall_s"]
+    rows = ["| | " + " | ".join(f"round {i + 1}" for i in range(len(walls["1"]))) + " | median |",
+            "|---|" + "---:|" * (len(walls["1"]) + 1)]
+    for w in ("1", "2"):
+        rows.append(f"| `--workers {w}`, s | " + " | ".join(f"{t:.1f}" for t in walls[w])
+                    + f" | **{report['median_wall_s'][w]:.1f}** |")
+    return "\n".join(rows + [
+        "", f"From `results/bench_cpu_workers.json`: {len(report['runs'])} runs ({', '.join(report['runs'])}), "
+            f"{report['epochs']} epoch on {report['train_subset']:,} images each, on {hw['processor']} with "
+            f"{hw['cpu_count']} cores, torch {hw['torch']}; rounds alternate which goes first. Speed-up "
+            f"**{report['speedup']:.2f}x**; Ray's start-up (timed apart, not in the rounds): median "
+            f"{report['median_ray_start_s']:.1f} s of {', '.join(f'{t:.1f}' for t in report['ray_start_s'])}; "
+            f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
+
+
 # block name -> the function that writes it
 SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
             "SPEED_SUMMARY": speed_summary_section,
             "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section,
-            "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section}
+            "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section,
+            "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "SHIFT": shift_section,
+            "INFERENCE": inference_section, "WORKERS": workers_section}
 
 
 def blocks(text):
