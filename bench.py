@@ -362,6 +362,7 @@ def main_workers_speedup(args):
 
     import ray
 
+    from config import config_from_record, run_name
     from runner import run_configs, start_ray
     from study import study_configs, summarize as summarize_study
     base = Config(epochs=1, train_subset=20_000, device="cpu", data_dir=args.data_dir)
@@ -382,7 +383,8 @@ def main_workers_speedup(args):
                 runs = run_configs(configs, folder / "r.json", summarize_study, folder / "runs", workers=workers,
                                    log=lambda line: None)
                 walls[workers].append(time.perf_counter() - began)
-                accuracies.setdefault(workers, [r["epochs"][-1]["test_acc"] for r in runs])
+                accuracies.setdefault(workers, {run_name(config_from_record(r["config"])): r["epochs"][-1]["test_acc"]
+                                                for r in runs})  # by name: runs come back in any order
                 print(f"round {i + 1}: --workers {workers}: {walls[workers][-1]:.1f} s", flush=True)
     ray.shutdown()
     median = {w: statistics.median(t) for w, t in walls.items()}
@@ -390,7 +392,7 @@ def main_workers_speedup(args):
               "runs": [f"{c.norm}{'+L1' if c.l1 else ''} seed {c.seed}" for c in configs],
               "epochs": 1, "train_subset": base.train_subset, "wall_s": walls, "median_wall_s": median,
               "speedup": median[1] / median[2], "ray_start_s": starts, "median_ray_start_s": statistics.median(starts),
-              "same_accuracies": accuracies[1] == accuracies[2]}
+              "test_acc": accuracies[1], "same_accuracies": accuracies[1] == accuracies[2]}
     out = Path(args.out or "results/bench_cpu_workers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
