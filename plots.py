@@ -260,7 +260,7 @@ def plot_costs(ax, costs):
                 color=VARIANTS[norm].color, label=norm.upper())
     hw = costs["hardware"]
     ax.set(title=f"Training time per epoch (bench.py --norm-costs)\n{hw['processor']}, {hw['torch_threads']} "
-                 f"thread(s), the norms measured side by side", xlabel="training batch size (log2 scale)",
+                 f"thread(s), norms side by side", xlabel="training batch size (log2 scale)",
            ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
 
 
@@ -410,9 +410,14 @@ def redraw_study(results_dir, out, data_dir):
 
 def redraw(results_dir, out, data_dir):
     """Every figure whose results file is in `results_dir`, into `out`; returns the paths."""
+    results_dir = Path(results_dir)
     paths = redraw_study(results_dir, out, data_dir)
-    if (Path(results_dir) / "batch_size_sweep.json").exists():
+    if (results_dir / "batch_size_sweep.json").exists():
         paths.append(redraw_batch_size(results_dir, out))
+    if (results_dir / "lr_range.json").exists():
+        paths.append(redraw_lr_range(results_dir / "lr_range.json", out))
+    if (results_dir / "shift.json").exists():
+        paths += redraw_shift(results_dir / "shift.json", out, data_dir)
     return paths
 
 

@@ -113,7 +113,8 @@ def test_study_figures_from_results_and_weights(tiny_mnist, tmp_path):
 def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
     # the committed results and weights; the grids show tiny_mnist's test images (no real MNIST needed)
     assert plots.main(["--out", str(tmp_path / "figures"), "--data-dir", str(tiny_mnist)]) == 0
-    check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660)})
+    check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660), "lr_range": (840, 600),
+                                         "shift": (1800, 1440), "shift_examples": (720, 1728)})
 
 
 def test_plots_names_missing_weights(tiny_mnist, tmp_path, capsys):
