@@ -188,6 +188,8 @@ def lr_range_section(results):
 
 
 def equal_steps_section(results):
+    if not (Path(results) / "batch_size_equal_steps.json").exists():
+        return "Not run yet: `python sweep.py --equal-steps` writes `results/batch_size_equal_steps.json`."
     equal = read(results, "batch_size_equal_steps.json")
     runs = equal["runs"]
     return "\n".join([

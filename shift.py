@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def shift_table(summary):
 
 def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
     """Evaluate every saved model under every condition; write results/shift.json and both figures."""
+    began = time.perf_counter()
     models = saved_models(results_dir)
     tasks = [(name, severity, models, data_dir) for name, severity in conditions()]
     rows, failures = [], []
@@ -127,7 +129,7 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
                              r["seed"], BN_MODES.index(r["bn_stats"]) if r["bn_stats"] else 0))
     path = Path(results_dir) / "shift.json"
     save_json({"summary": summarize(rows), "results": rows, "device": "cpu", "cpu": cpu_name(), "threads": 1,
-               "torch": torch.__version__}, path)
+               "torch": torch.__version__, "workers": workers, "seconds": time.perf_counter() - began}, path)
     from plots import redraw_shift
     return [path, *redraw_shift(path, images_dir, data_dir)]
 
