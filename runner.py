@@ -205,10 +205,10 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
                     failures.append((run_name(config), error))
                     write(f"FAILED: {run_name(config)}: {error}")
                 else:
-                    runs = record(results, run, summarize, order)
-                    if models_dir is not None and weights is not None:
+                    if models_dir is not None and weights is not None:  # first: a recorded run always has weights
                         Path(models_dir).mkdir(parents=True, exist_ok=True)
                         save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
+                    runs = record(results, run, summarize, order)
                     write(done_line(config, run))
                 bar.update()
     if failures:

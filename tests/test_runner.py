@@ -12,7 +12,7 @@ import torch
 
 import runner
 from conftest import OFFLINE, ROOT, start_main, wait_until
-from config import Config, run_name
+from config import Config, config_from_record, run_name
 from runner import RunsFailed, run_configs, task_resources
 from study import summarize
 
@@ -143,6 +143,8 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tm
     assert process.returncode == 130, stderr
     assert "every finished run is recorded in" in stderr and "Continue with: python" in stderr
     assert 1 <= len(recorded) < 9
+    saved = {p.name for p in (tmp_path / "S" / "models").iterdir()}
+    assert {f"{run_name(config_from_record(run['config']))}.pt" for run in recorded} <= saved  # weights first
     finished = start_main(*args, cwd=tmp_path)
     stdout, stderr = finished.communicate(timeout=600)
     assert finished.returncode == 0, stderr
