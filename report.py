@@ -195,8 +195,10 @@ def equal_steps_section(results):
     return "\n".join([
         batch_size_table(equal["summary"]), "",
         f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over "
-        f"the seeds each point has), each for the 2,811 steps of 3 epochs at batch 64, {hardware_line(runs[0])} "
-        f"per run."])
+        f"the seeds each point has: " + ", ".join(f"{e['norm'].upper()} at {e['batch_size']}: {len(e['seeds'])}"
+                                                  for e in equal["summary"])
+        + f"; a point with one seed shows ± 0.00), each for the 2,811 steps of 3 epochs at batch 64, "
+        f"{hardware_line(runs[0])} per run."])
 
 
 def shift_section(results):

@@ -183,12 +183,13 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
     with `keep_diverged`, else it fails. Raises RunsFailed at the end if any run failed, and
     Interrupted (with every finished run recorded) on Ctrl-C. Returns the recorded runs.
     """
+    shown = Path(results)  # as given, in messages; absolute for the workers
     results, out = Path(results).absolute(), str(Path(out).absolute())
     results.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
         runs = load_results(results)["runs"]
         todo = [c for c in configs if not find_run(runs, c)]
-        log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {results}; {len(todo)} to go"
+        log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {shown}; {len(todo)} to go"
             + (f" ({'in this process' if workers == 1 and not address else 'on Ray'})" if todo else ""))
         failures = []
         with tqdm(total=len(todo), unit="run", desc="runs", dynamic_ncols=True, disable=not todo) as bar:
