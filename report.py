@@ -119,12 +119,11 @@ def compile_section(results, study_name="study_amd_epyc.json"):
 def batch_size_section(results):
     sweep = read(results, "batch_size_sweep.json")
     runs = sweep["runs"]
-    seeds = sorted({r["config"]["seed"] for r in runs})
     first = runs[0]
     return "\n".join([
         batch_size_table(sweep["summary"]), "",
         f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
-        f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds), {hardware_line(first)} per run; "
+        f"({seeds_line(runs)}; mean ± std over seeds), {hardware_line(first)} per run; "
         f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
         f"testing in all, two or three runs at a time on the 2-core machine."])
 
