@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import run_label, run_name
+from config import config_from_record, run_label, run_name
 from data import DataError, ensure_mnist, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
 from utils import Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device, same_config
@@ -183,6 +183,9 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
     with `keep_diverged`, else it fails. Raises RunsFailed at the end if any run failed, and
     Interrupted (with every finished run recorded) on Ctrl-C. Returns the recorded runs.
     """
+    if order is None:  # the configs' own order, whatever order the runs finish in
+        position = {run_name(c): i for i, c in enumerate(configs)}
+        order = lambda run: position.get(run_name(config_from_record(run["config"])), len(position))  # noqa: E731
     shown = Path(results)  # as given, in messages; absolute for the workers
     results, out = Path(results).absolute(), str(Path(out).absolute())
     results.parent.mkdir(parents=True, exist_ok=True)
