@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import sys
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def map_tasks(function, items, workers=1, address=None, resources=None):
     if its worker or node dies; an exception in `function` is returned as `error` (a line of text)
     and the others go on. Interrupted (Ctrl-C in a run in this process) stops everything.
     """
+    if not items:
+        return
     if workers == 1 and not address:
         yield from _in_process(function, items)
     else:
@@ -170,8 +173,8 @@ def _on_ray(function, items, workers, address, resources):
                 cause = getattr(error, "cause", None) or error
                 yield item, None, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
     finally:
-        for ref in pending:  # Ctrl-C or an error in the driver: stop what still runs
-            ray.cancel(ref, force=True)
+        if pending:  # Ctrl-C or an error in the driver: end this driver's Ray job, and with it the runs still going
+            ray.shutdown()  # (force-cancelling each task instead raced with their replies and aborted Ray 2.60)
 
 
 def run_configs(configs, results, summarize, out="runs", workers=1, address=None, gpus_per_run=None,
@@ -199,22 +202,22 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
             write = bar.write if log is print else log  # lines above the bar
             in_here = workers == 1 and not address
             tasks = [(config, out, measure, write if in_here else None) for config in todo]
-            stream = map_tasks(train_one, tasks, workers, address,
-                               task_resources(todo[0].device, gpus_per_run)) if todo else ()
-            for (config, *_), result, error in stream:
-                run, weights = result or (None, None)
-                if error is None and "diverged" in run and not keep_diverged:
-                    error = f"non-finite loss in epoch {run['diverged']['epoch']}, step {run['diverged']['step']}"
-                if error is not None:
-                    failures.append((run_name(config), error))
-                    write(f"FAILED: {run_name(config)}: {error}")
-                else:
-                    if models_dir is not None and weights is not None:  # first: a recorded run always has weights
-                        Path(models_dir).mkdir(parents=True, exist_ok=True)
-                        save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
-                    runs = record(results, run, summarize, order)
-                    write(done_line(config, run))
-                bar.update()
+            resources = task_resources(todo[0].device, gpus_per_run) if todo else None
+            with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
+                for (config, *_), result, error in stream:
+                    run, weights = result or (None, None)
+                    if error is None and "diverged" in run and not keep_diverged:
+                        error = f"non-finite loss in epoch {run['diverged']['epoch']}, step {run['diverged']['step']}"
+                    if error is not None:
+                        failures.append((run_name(config), error))
+                        write(f"FAILED: {run_name(config)}: {error}")
+                    else:
+                        if models_dir is not None and weights is not None:  # first: a recorded run always has weights
+                            Path(models_dir).mkdir(parents=True, exist_ok=True)
+                            save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
+                        runs = record(results, run, summarize, order)
+                        write(done_line(config, run))
+                    bar.update()
     if failures:
         raise RunsFailed(failures)
     return runs
