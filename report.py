@@ -190,14 +190,16 @@ def equal_steps_section(results):
     if not (Path(results) / "batch_size_equal_steps.json").exists():
         return "Not run yet: `python sweep.py --equal-steps` writes `results/batch_size_equal_steps.json`."
     equal = read(results, "batch_size_equal_steps.json")
-    runs = equal["runs"]
+    runs, summary = equal["runs"], equal["summary"]
+    counts = {len(e["seeds"]) for e in summary}
+    spread = f"mean ± std over {counts.pop()} seeds" if len(counts) == 1 else (
+        "mean ± std over the seeds each point has: "
+        + ", ".join(f"{e['norm'].upper()} at {e['batch_size']}: {len(e['seeds'])}" for e in summary)
+        + "; a point with one seed shows ± 0.00")
     return "\n".join([
-        batch_size_table(equal["summary"]), "",
-        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over "
-        f"the seeds each point has: " + ", ".join(f"{e['norm'].upper()} at {e['batch_size']}: {len(e['seeds'])}"
-                                                  for e in equal["summary"])
-        + f"; a point with one seed shows ± 0.00), each for the 2,811 steps of 3 epochs at batch 64, "
-        f"{hardware_line(runs[0])} per run."])
+        batch_size_table(summary), "",
+        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; {spread}), each for "
+        f"the 2,811 steps of 3 epochs at batch 64, {hardware_line(runs[0])} per run."])
 
 
 def shift_section(results):
