@@ -20,7 +20,7 @@ from lr_range import lr_range_table
 from norm_example import markdown as norm_example_markdown
 from shift import shift_table
 from study import summary_table
-from sweep import batch_size_table, lr_rule_table
+from sweep import BASE_BATCH, EPOCHS, batch_size_table, lr_rule_table
 
 DOCS = ("README.md", "BENCHMARKS.md")
 BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
@@ -198,8 +198,19 @@ def equal_steps_section(results):
         + "; a point with one seed shows ± 0.00")
     return "\n".join([
         batch_size_table(summary), "",
-        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; {spread}), each for "
-        f"the 2,811 steps of 3 epochs at batch 64, {hardware_line(runs[0])} per run."])
+        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; {spread}), "
+        f"each for about the steps of {EPOCHS} epochs at batch {BASE_BATCH} ({steps_line(runs)}), "
+        f"{hardware_line(runs[0])} per run."])
+
+
+def steps_line(runs, train_images=60_000):
+    """The optimizer steps of these runs: full batches per epoch (the last partial one is dropped) x epochs."""
+    def steps(c):
+        images = min(train_images - c["val_split"], c["train_subset"] or train_images)
+        return c["epochs"] * (images // c["batch_size"])
+    points = sorted({(r["config"]["batch_size"], steps(r["config"])) for r in runs})
+    return (", ".join(f"{s:,} at {b}" for b, s in points)
+            + f" against {EPOCHS * (train_images // BASE_BATCH):,} at {BASE_BATCH}")
 
 
 def shift_section(results):

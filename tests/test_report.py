@@ -47,3 +47,11 @@ def test_write_reads_the_results_folder_beside_the_docs(tmp_path):
     (tmp_path / "results" / "study.json").unlink()
     with pytest.raises(FileNotFoundError, match="study.json"):
         report.write(tmp_path)
+
+
+def test_steps_line_counts_full_batches_only():
+    runs = [{"config": {"batch_size": b, "epochs": e, "val_split": 0, "train_subset": 0}}
+            for b, e in ((128, 6), (512, 24))]
+    assert report.steps_line(runs) == "2,808 at 128, 2,808 at 512 against 2,811 at 64"  # 468 x 6, 117 x 24; 937 x 3
+    held_out = [{"config": {"batch_size": 100, "epochs": 2, "val_split": 10_000, "train_subset": 0}}]
+    assert report.steps_line(held_out).startswith("1,000 at 100")
