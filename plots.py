@@ -243,11 +243,15 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     plain_log_axis(error_ax)
     if costs:
         plot_costs(time_ax, costs)
+    else:
+        time_ax.text(0.5, 0.5, "no time measured:\npython bench.py --norm-costs", ha="center", va="center",
+                     transform=time_ax.transAxes)
     for ax in (error_ax, time_ax):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

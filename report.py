@@ -20,7 +20,7 @@ from lr_range import lr_range_table
 from norm_example import markdown as norm_example_markdown
 from shift import shift_table
 from study import summary_table
-from sweep import BASE_BATCH, EPOCHS, batch_size_table, lr_rule_table
+from sweep import BASE_BATCH, EPOCHS, batch_size_table, best_rules, lr_rule_table
 
 DOCS = ("README.md", "BENCHMARKS.md")
 BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
@@ -203,6 +203,21 @@ def equal_steps_section(results):
         f"{hardware_line(runs[0])} per run."])
 
 
+def own_lr_section(results):
+    if not (Path(results) / "batch_size_own_lr.json").exists():
+        return "Not run yet: `python sweep.py --own-lr` writes `results/batch_size_own_lr.json`."
+    own = read(results, "batch_size_own_lr.json")
+    runs = own["runs"]
+    rules = read(results, "batch_size_lr_rule.json")["summary"]
+    chosen = {n: best_rules(rules, b) for n, b in {(e["norm"], e["batch_size"]) for e in own["summary"]}}
+    return "\n".join([
+        batch_size_table(own["summary"]), "",
+        f"From `results/batch_size_own_lr.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over seeds), "
+        + ", ".join(f"{n.upper()} with the '{r[n]}' rule" for n, r in sorted(chosen.items()))
+        + f" (its best in `results/batch_size_lr_rule.json`), each for about the steps of {EPOCHS} epochs at "
+        f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run."])
+
+
 def steps_line(runs, train_images=60_000):
     """The optimizer steps of these runs: full batches per epoch (the last partial one is dropped) x epochs."""
     def steps(c):
@@ -261,7 +276,8 @@ SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": 
             "SPEED_SUMMARY": speed_summary_section,
             "SPEED": speed_section, "LEVERS": levers_section, "COMPILE": compile_section,
             "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section,
-            "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "SHIFT": shift_section,
+            "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "OWN_LR": own_lr_section,
+            "SHIFT": shift_section,
             "INFERENCE": inference_section, "WORKERS": workers_section}
 
 

@@ -3,6 +3,7 @@
     python sweep.py --data-dir DIR                 # the whole sweep; run it again to go on after a stop
     python sweep.py --equal-steps --data-dir DIR   # batch 128-512 trained for the steps of batch 64
     python sweep.py --select-lr --data-dir DIR     # the validation runs that chose the LR rule
+    python sweep.py --own-lr --data-dir DIR        # equal steps at 512 with each norm's own best LR rule
 
 Every run is a `utils.fit` run without L1, so only the normalization differs; `runner.run_configs`
 trains them (on every core by default, or on a Ray cluster with --address) and records each in the
@@ -10,6 +11,7 @@ results file as it finishes, so the command can be stopped and started again. BN
 their test accuracy with batch statistics and with recomputed running statistics (bn_stats.py).
 """
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -31,7 +33,7 @@ LR_RULE = "constant"  # chosen on the validation split by --select-lr: results/b
 SELECTION_BATCH_SIZES, SELECTION_VAL_SPLIT = (512, 4), 10_000
 EQUAL_STEPS_BATCH_SIZES = (128, 256, 512)  # trained for as many steps as batch 64 took in EPOCHS epochs
 RESULTS = {"sweep": "results/batch_size_sweep.json", "equal_steps": "results/batch_size_equal_steps.json",
-           "select_lr": "results/batch_size_lr_rule.json"}
+           "select_lr": "results/batch_size_lr_rule.json", "own_lr": "results/batch_size_own_lr.json"}
 
 
 def peak_lr(batch_size, rule=LR_RULE):
@@ -56,6 +58,26 @@ def equal_steps_configs(base, seeds=SEEDS, batch_sizes=EQUAL_STEPS_BATCH_SIZES, 
     """Large batches trained for the steps batch 64 takes in EPOCHS epochs: EPOCHS * b / 64 epochs."""
     return [replace(config, epochs=base.epochs * config.batch_size // BASE_BATCH)
             for config in sweep_configs(base, seeds, batch_sizes, norms)]
+
+
+def best_rules(selection, batch_size):
+    """Per norm, the LR rule with the highest validation accuracy at `batch_size` in a selection summary."""
+    points = {norm: f"{norm}/{batch_size}" for norm in NORMS}
+    return {norm: max(selection, key=lambda s: s["val_acc"][point])["rule"]
+            for norm, point in points.items() if all(point in s["val_acc"] for s in selection)}
+
+
+def own_lr_configs(base, selection, seeds=SEEDS, batch_sizes=SELECTION_BATCH_SIZES[:1], norms=NORMS):
+    """Equal steps with each norm's own best LR rule from the selection, for the norms whose rule is not LR_RULE
+    (the others' runs are the equal-steps runs themselves)."""
+    configs = []
+    for config in equal_steps_configs(base, seeds, batch_sizes, norms):
+        rule = best_rules(selection, config.batch_size).get(config.norm)
+        if rule is None:
+            raise ValueError(f"the LR-rule selection has no {config.norm.upper()} at batch {config.batch_size}")
+        if rule != LR_RULE:
+            configs.append(replace(config, lr=peak_lr(config.batch_size, rule)))
+    return configs
 
 
 def run_order(run):
@@ -149,6 +171,9 @@ def make_parser():
     what = p.add_mutually_exclusive_group()
     what.add_argument("--equal-steps", action="store_true", help="large batches for the steps of batch 64 instead")
     what.add_argument("--select-lr", action="store_true", help="the LR-rule selection on the validation split instead")
+    what.add_argument("--own-lr", action="store_true",
+                      help=f"equal steps at batch {SELECTION_BATCH_SIZES[0]} with each norm's best rule in "
+                           f"{RESULTS['select_lr']}, for the norms whose rule is not '{LR_RULE}'")
     add_engine_flags(p)
     return p
 
@@ -158,6 +183,10 @@ def experiment(args):
     base = Config(epochs=args.epochs, data_dir=args.data_dir or default_data_dir(), device=args.device)
     if args.select_lr:
         return "select_lr", selection_configs(base, args.norms), summarize_selection
+    if args.own_lr:
+        selection = json.loads(Path(RESULTS["select_lr"]).read_text())["summary"]
+        return "own_lr", own_lr_configs(base, selection, args.seeds, args.batch_sizes or SELECTION_BATCH_SIZES[:1],
+                                        args.norms), summarize_sweep
     if args.equal_steps:
         sizes = args.batch_sizes or EQUAL_STEPS_BATCH_SIZES
         return "equal_steps", equal_steps_configs(base, args.seeds, sizes, args.norms), summarize_sweep
@@ -170,7 +199,10 @@ def main(argv=None):
     if args.epochs < 1 or min(args.batch_sizes or [1]) < 1:
         parser.error("--epochs and every --batch-sizes value must be >= 1")
     check_engine_args(parser, args)
-    name, configs, summarize = experiment(args)
+    try:
+        name, configs, summarize = experiment(args)
+    except (OSError, ValueError) as error:  # --own-lr without a usable selection file
+        parser.error(f"{error}; run `python sweep.py --select-lr` first")
     results = Path(args.results or RESULTS[name])
     code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
                                            args.gpus_per_run, measure=bn_statistics_metrics, order=run_order),

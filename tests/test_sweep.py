@@ -90,6 +90,24 @@ def test_selection_configs_and_summary_rank_the_rules():
     assert table[2] == "| sqrt | 98.50% | 98.50% | 98.50% | 99.50% | 99.50% | 99.50% | 99.00% |"
 
 
+def test_own_lr_configs_give_each_norm_its_best_rule_and_skip_the_sweeps_own():
+    selection = [{"rule": "constant", "val_acc": {"bn/512": 98.0, "gn/512": 97.0, "ln/512": 96.0}},
+                 {"rule": "linear", "val_acc": {"bn/512": 98.7, "gn/512": 96.0, "ln/512": 96.5}}]
+    assert sweep.best_rules(selection, 512) == {"bn": "linear", "gn": "constant", "ln": "linear"}
+    configs = sweep.own_lr_configs(Config(epochs=3), selection)
+    assert [(c.norm, c.batch_size, c.epochs, c.lr, c.seed) for c in configs] == [
+        (norm, 512, 24, sweep.peak_lr(512, "linear"), seed) for seed in sweep.SEEDS for norm in ("bn", "ln")]
+    with pytest.raises(ValueError, match="no BN at batch 256"):
+        sweep.own_lr_configs(Config(epochs=3), selection, batch_sizes=(256,))
+
+
+def test_own_lr_without_the_selection_file_says_what_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        sweep.main(["--own-lr"])
+    assert refused.value.code == 2 and "run `python sweep.py --select-lr` first" in capsys.readouterr().err
+
+
 def sweep_run(norm, batch_size, seed, acc, seconds=2.0, **extras):
     return {"config": {"norm": norm, "batch_size": batch_size, "lr": sweep.peak_lr(batch_size), "epochs": 3,
                        "seed": seed},
