@@ -32,7 +32,7 @@ class Config:
 
 DEFAULTS = Config()
 OPTIMIZERS = ("adam", "sgd")
-SGD_MOMENTUM = 0.9
+SGD_MOMENTUM = 0.9  # as built; the one-cycle schedule then cycles it 0.95 -> 0.85 -> 0.95 against the LR
 STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
 # the training batch sizes the experiments compare (the batch-size sweep, bench.py --norm-costs)
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -1,7 +1,7 @@
 """How high may the learning rate go? BN, GN and LN (no L1) at batch 64 over a range of peak LRs.
 
     python lr_range.py --data-dir DIR                    # Adam, peak LR 0.0003 to 0.3: 63 runs of 3 epochs
-    python lr_range.py --optimizer sgd --data-dir DIR    # SGD with momentum 0.9, peak LR 0.003 to 1.0
+    python lr_range.py --optimizer sgd --data-dir DIR    # SGD with momentum, peak LR 0.003 to 1.0
 
 The study's recipe (one-cycle schedule, batch 64, augmentation, dropout) for 3 epochs, 3 seeds per
 point. Nothing is selected here, so the test set reports. A run whose loss stops being finite is
