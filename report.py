@@ -209,12 +209,12 @@ def own_lr_section(results):
     own = read(results, "batch_size_own_lr.json")
     runs = own["runs"]
     rules = read(results, "batch_size_lr_rule.json")["summary"]
-    chosen = {n: best_rules(rules, b) for n, b in {(e["norm"], e["batch_size"]) for e in own["summary"]}}
+    chosen = sorted({(e["norm"], e["batch_size"]) for e in own["summary"]})
     return "\n".join([
         batch_size_table(own["summary"]), "",
         f"From `results/batch_size_own_lr.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over seeds), "
-        + ", ".join(f"{n.upper()} with the '{r[n]}' rule" for n, r in sorted(chosen.items()))
-        + f" (its best in `results/batch_size_lr_rule.json`), each for about the steps of {EPOCHS} epochs at "
+        + ", ".join(f"{n.upper()} with the '{best_rules(rules, b)[n]}' rule (its best at batch {b})" for n, b in chosen)
+        + f" in `results/batch_size_lr_rule.json`, each for about the steps of {EPOCHS} epochs at "
         f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run."])
 
 
