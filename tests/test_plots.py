@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import plots
-from conftest import STUDY_FIGURES, check_figures
+from conftest import ROOT, STUDY_FIGURES, check_figures
 from config import STUDY_L1, Config, run_name
 from data import DeviceLoader
 from model import Net
@@ -113,7 +113,9 @@ def test_study_figures_from_results_and_weights(tiny_mnist, tmp_path):
 def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
     # the committed results and weights; the grids show tiny_mnist's test images (no real MNIST needed)
     assert plots.main(["--out", str(tmp_path / "figures"), "--data-dir", str(tiny_mnist)]) == 0
-    check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660), "lr_range": (840, 600),
+    optimizers = {e["optimizer"] for e in json.loads((ROOT / "results" / "lr_range.json").read_text())["summary"]}
+    check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660),
+                                         "lr_range": (840 * len(optimizers), 600),  # a panel per optimizer
                                          "shift": (1800, 1440), "shift_examples": (720, 1728)})
 
 
