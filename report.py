@@ -187,35 +187,43 @@ def lr_range_section(results):
 
 
 def equal_steps_section(results):
-    if not (Path(results) / "batch_size_equal_steps.json").exists():
-        return "Not run yet: `python sweep.py --equal-steps` writes `results/batch_size_equal_steps.json`."
-    equal = read(results, "batch_size_equal_steps.json")
-    runs, summary = equal["runs"], equal["summary"]
+    equal = read_if_run(results, "batch_size_equal_steps.json", "python sweep.py --equal-steps")
+    if isinstance(equal, str):
+        return equal
+    return "\n".join([batch_size_table(equal["summary"]), "",
+                      f"From `results/batch_size_equal_steps.json`: {equal_steps_line(equal)}."])
+
+
+def own_lr_section(results):
+    own = read_if_run(results, "batch_size_own_lr.json", "python sweep.py --own-lr")
+    if isinstance(own, str):
+        return own
+    rules = read(results, "batch_size_lr_rule.json")["summary"]
+    chosen = sorted({(e["norm"], e["batch_size"]) for e in own["summary"]})
+    return "\n".join([
+        batch_size_table(own["summary"]), "",
+        "From `results/batch_size_own_lr.json`: "
+        + ", ".join(f"{n.upper()} with the '{best_rules(rules, b)[n]}' rule (its best at batch {b})" for n, b in chosen)
+        + f" in `results/batch_size_lr_rule.json`; {equal_steps_line(own)}."])
+
+
+def read_if_run(results, name, command):
+    """The results file `name`, or the line that says which command writes it."""
+    if not (Path(results) / name).exists():
+        return f"Not run yet: `{command}` writes `results/{name}`."
+    return read(results, name)
+
+
+def equal_steps_line(results_file):
+    """Runs, seeds and spread, steps and hardware of an equal-steps results file."""
+    runs, summary = results_file["runs"], results_file["summary"]
     counts = {len(e["seeds"]) for e in summary}
     spread = f"mean ± std over {counts.pop()} seeds" if len(counts) == 1 else (
         "mean ± std over the seeds each point has: "
         + ", ".join(f"{e['norm'].upper()} at {e['batch_size']}: {len(e['seeds'])}" for e in summary)
         + "; a point with one seed shows ± 0.00")
-    return "\n".join([
-        batch_size_table(summary), "",
-        f"From `results/batch_size_equal_steps.json`: {len(runs)} runs ({seeds_line(runs)}; {spread}), "
-        f"each for about the steps of {EPOCHS} epochs at batch {BASE_BATCH} ({steps_line(runs)}), "
-        f"{hardware_line(runs[0])} per run."])
-
-
-def own_lr_section(results):
-    if not (Path(results) / "batch_size_own_lr.json").exists():
-        return "Not run yet: `python sweep.py --own-lr` writes `results/batch_size_own_lr.json`."
-    own = read(results, "batch_size_own_lr.json")
-    runs = own["runs"]
-    rules = read(results, "batch_size_lr_rule.json")["summary"]
-    chosen = sorted({(e["norm"], e["batch_size"]) for e in own["summary"]})
-    return "\n".join([
-        batch_size_table(own["summary"]), "",
-        f"From `results/batch_size_own_lr.json`: {len(runs)} runs ({seeds_line(runs)}; mean ± std over seeds), "
-        + ", ".join(f"{n.upper()} with the '{best_rules(rules, b)[n]}' rule (its best at batch {b})" for n, b in chosen)
-        + f" in `results/batch_size_lr_rule.json`, each for about the steps of {EPOCHS} epochs at "
-        f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run."])
+    return (f"{len(runs)} runs ({seeds_line(runs)}; {spread}), each for about the steps of {EPOCHS} epochs at "
+            f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run")
 
 
 def steps_line(runs, train_images=60_000):
