@@ -3,7 +3,7 @@
 A fourth normalization is added in model.py (`NORMS`, `norm_layer`) and here (`VARIANTS`); the
 CLI's choices, the tables and the figures derive from these two.
 """
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 from model import GN_GROUPS, NORMS
 
@@ -87,6 +87,28 @@ def run_name(config):
             parts.append(short if value is True else f"{short}{value:g}" if isinstance(value, float)
                          else f"{short}{value}")
     return "_".join(parts + [f"seed{config.seed}"])
+
+
+# Config fields that say where a run trains and where its data lies, not what it computes
+WHERE_NOT_WHAT = ("data_dir", "device")
+IDENTITY = tuple(f.name for f in fields(Config) if f.name not in WHERE_NOT_WHAT)
+
+
+def run_identity(config):
+    """The settings that make two runs the same run: every Config field except WHERE_NOT_WHAT.
+
+    `config` is a Config or a recorded config dict; fields added to Config since a record was
+    written take their defaults, so old records keep matching. The one definition of "the same
+    run": results files (runner.find_run), run-folder reuse and --resume's flag check use it, and
+    run_name names every field of it.
+    """
+    values = {**asdict(DEFAULTS), **(config if isinstance(config, dict) else asdict(config))}
+    return {name: values[name] for name in IDENTITY}
+
+
+def same_run(a, b):
+    """Whether two configs (Config or recorded dicts) are the same run, wherever each trained."""
+    return run_identity(a) == run_identity(b)
 
 
 def config_from_record(record):

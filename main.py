@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from config import OPTIMIZERS, STUDY_L1, VARIANTS, Config, run_name
+from config import IDENTITY, OPTIMIZERS, STUDY_L1, VARIANTS, Config, run_name
 from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
 from model import NORMS, WIDTHS
 from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command
@@ -18,8 +18,6 @@ from study import STUDY_VARIANTS, results_file, run_study, summary_table
 from system import RunFolderError, WriteError, check_output_dir, keep_freed_memory, new_run_dir
 from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, read_run_folder
 
-# flags that --resume accepts with a value other than the run's: they don't change what is computed
-FREE_ON_RESUME = {"data_dir", "out", "no_progress", "resume", "workers", "address", "gpus_per_run"}
 
 
 def make_parser():
@@ -93,7 +91,11 @@ def config_from_args(args):
 
 
 def resume_config(parser, args, given):
-    """(stored config, finished epochs) of --resume RUN_DIR, its files checked; refuse contradicting flags."""
+    """(stored config, finished epochs) of --resume RUN_DIR, its files checked; refuse contradicting flags.
+
+    A flag contradicts the run when it sets a field of the run's identity (config.IDENTITY) to another
+    value; --device and --data-dir say where the run continues and may differ.
+    """
     if not (Path(args.resume) / "metrics.json").exists() and not (Path(args.resume) / "checkpoint.pt").exists():
         parser.error(f"--resume {args.resume}: no metrics.json there, so nothing to resume")
     if args.norm == "all" or args.seeds:
@@ -102,11 +104,11 @@ def resume_config(parser, args, given):
     config = Config(**stored["config"])
     wanted = config_from_args(args)
     clashes = [f"--{k.replace('_', '-')} {getattr(wanted, k)} (run has {getattr(config, k)})"
-               for k in sorted(given - FREE_ON_RESUME) if hasattr(config, k)
-               and getattr(wanted, k) != getattr(config, k)]
+               for k in sorted(given & set(IDENTITY)) if getattr(wanted, k) != getattr(config, k)]
     if clashes:
         parser.error(f"--resume refuses flags that differ from the run's config: {', '.join(clashes)}")
-    return replace(config, data_dir=args.data_dir or config.data_dir), len(stored["epochs"])
+    where = {"data_dir": args.data_dir or config.data_dir, "device": args.device if "device" in given else config.device}
+    return replace(config, **where), len(stored["epochs"])
 
 
 def check_outputs(args):

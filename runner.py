@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import config_from_record, run_label, run_name
+from config import config_from_record, run_label, run_name, same_run
 from data import DataError, ensure_mnist, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
-from utils import Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device, same_config
+from utils import Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device
 
 MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
 OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
@@ -49,13 +49,13 @@ def load_results(path):
 
 
 def find_run(runs, config):
-    """The recorded run of `config` in `runs`, or None."""
-    return next((run for run in runs if same_config(run["config"], config)), None)
+    """The recorded run of `config` in `runs`, or None: the same run (config.same_run), wherever it trained."""
+    return next((run for run in runs if same_run(run["config"], config)), None)
 
 
 def record(path, run, summarize, order):
     """Add (or replace) one finished run in the results file, rewrite its summary; one atomic write."""
-    runs = [r for r in load_results(path)["runs"] if not same_config(r["config"], run["config"])]
+    runs = [r for r in load_results(path)["runs"] if not same_run(r["config"], run["config"])]
     runs = sorted(runs + [run], key=order) if order else runs + [run]
     save_json({"summary": summarize(runs), "runs": runs}, path)
     return runs

@@ -1,5 +1,6 @@
 """Process and file plumbing: crash-safe writes, run folders, stop signals, the CPU allocator setting."""
 import ctypes
+import hashlib
 import io
 import json
 import os
@@ -160,6 +161,45 @@ def cpu_name():
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def _cpuinfo():
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
+
+
+def _cache_sizes():
+    """'L1d 48K, L1i 32K, L2 2048K, L3 307200K' of CPU 0 (Linux), else ''."""
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches.append(f"L{level}{ {'Data': 'd', 'Instruction': 'i'}.get(kind, '')} {size}")
+    return ", ".join(caches)
+
+
+def fingerprint(threads=None):
+    """What decides this process's CPU arithmetic, as far as it can be read: the CPU's exact model
+    (vendor, family, model, stepping, a hash of its feature flags, its caches), the instruction set
+    torch's kernels use, torch's version and the thread count (`threads`: default, torch's now).
+
+    VMs of one CPU name ("AMD EPYC") span CPU generations whose float rounding differs, so the name
+    alone is not enough; two processes with equal fingerprints computed the committed runs bit for
+    bit in every test so far, two with different ones need not.
+    """
+    info = _cpuinfo()
+    flags = " ".join(sorted(info.get("flags", info.get("Features", "")).split()))
+    return {"cpu": cpu_name(), "vendor": info.get("vendor_id", platform.machine()),
+            "family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:12], "caches": _cache_sizes(),
+            "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "threads": torch.get_num_threads() if threads is None else threads}
 
 
 def keep_freed_memory():

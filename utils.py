@@ -3,6 +3,7 @@ resume (`fit`). The training loop lives here, all of it; the settings of a run a
 """
 import json
 import random
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import SGD_MOMENTUM, Config, run_label
+from config import SGD_MOMENTUM, Config, run_label, same_run
 from data import DeviceLoader, eval_batch_size
 from model import Net, count_parameters
-from system import (RunFolderError, WriteError, cpu_name, new_run_dir, run_lock, save_json, save_torch,
-                    stop_requests)
+from system import (RunFolderError, WriteError, cpu_name, fingerprint, new_run_dir, run_lock, save_json,
+                    save_torch, stop_requests)
 
 
 # ---- setup ----------------------------------------------------------------
@@ -193,16 +194,6 @@ def restore(state, model, optimizer, scheduler, train_loader):
     return state["metrics"]
 
 
-def same_config(a, b):
-    """Whether two configs (Config or recorded dicts) describe the same run; the data folder may differ.
-
-    Fields added to Config since a record was written take their defaults.
-    """
-    def full(c):
-        return {**asdict(Config()), **(c if isinstance(c, dict) else asdict(c)), "data_dir": None}
-    return full(a) == full(b)
-
-
 def continue_or_new_run_dir(out, name, config, overwrite=False):
     """OUT/name if it holds a run of this very config (to continue or reload), else a new run folder.
 
@@ -214,9 +205,19 @@ def continue_or_new_run_dir(out, name, config, overwrite=False):
         stored = json.loads((path / "metrics.json").read_text())["config"]
     except (OSError, ValueError, KeyError):
         stored = None
-    if stored is not None and same_config(stored, config):
+    if stored is not None and same_run(stored, config):
         return path
     return new_run_dir(out, name, overwrite)
+
+
+def where_it_runs(device):
+    """What a run records of where it trained: device, node, CPU, torch, threads, the GPU's name on a GPU,
+    and the machine's arithmetic fingerprint (system.fingerprint)."""
+    where = {"device": str(device), "node": socket.gethostname(), "torch": torch.__version__, "cpu": cpu_name(),
+             "threads": torch.get_num_threads(), "fingerprint": fingerprint()}
+    if device.type == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(device)
+    return where
 
 
 def epoch_line(label, row, epochs):
@@ -263,7 +264,7 @@ def read_run_folder(run_dir, device="cpu"):
         raise _damaged(run_dir, f"{checkpoint_path} ({checkpoint_path.stat().st_size:,} bytes) is truncated or "
                                 f"corrupt; it should hold the state after epoch {done}, as metrics.json records "
                                 f"({type(error).__name__}: {first})") from None
-    same = same_config(stored, config)
+    same = same_run(stored, config)
     if ahead not in (0, 1) or not same:
         raise _damaged(run_dir, f"{checkpoint_path} and metrics.json do not belong together (the checkpoint "
                                 f"holds {done + ahead} epochs of {'the same' if same else 'another'} config, "
@@ -300,8 +301,7 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print, final_met
     with run_lock(run_dir), stop_requests() as should_stop:
         model, train_loader, eval_loaders, optimizer, scheduler = build(config, splits)
         device = splits["train"][0].device
-        metrics = {"config": asdict(config), "params": count_parameters(model), "device": str(device),
-                   "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        metrics = {"config": asdict(config), "params": count_parameters(model), **where_it_runs(device),
                    "epochs": []}
         if (run_dir / "metrics.json").exists() or (run_dir / "checkpoint.pt").exists():
             metrics = resume(run_dir, model, optimizer, scheduler, train_loader, device, log, label) or metrics

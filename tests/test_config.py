@@ -3,8 +3,8 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from config import (DEFAULTS, STUDY_L1, VARIANTS, Config, config_from_record, run_label, run_name,
-                    variant_key)
+from config import (DEFAULTS, IDENTITY, STUDY_L1, VARIANTS, Config, config_from_record, run_identity, run_label,
+                    run_name, same_run, variant_key)
 from model import NORMS
 
 
@@ -33,7 +33,7 @@ def test_every_setting_that_changes_a_run_changes_its_name():
     changed = {"norm": "gn", "epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "weight_decay": 1e-4,
                "l1": 1e-4, "gn_groups": 2, "dropout": 0.1, "degrees": 4.0, "shift": 1.0, "seed": 1,
                "val_split": 100, "train_subset": 100, "compile": True}
-    assert set(changed) == set(asdict(DEFAULTS)) - {"data_dir", "device"}
+    assert set(changed) == set(IDENTITY) == set(asdict(DEFAULTS)) - {"data_dir", "device"}
     names = {key: run_name(replace(DEFAULTS, **{key: value})) for key, value in changed.items()}
     assert len(set(names.values()) | {run_name(DEFAULTS)}) == len(names) + 1, names
 
@@ -75,3 +75,20 @@ def test_config_from_record_drops_unknown_keys_and_fills_new_fields():
     assert config_from_record(asdict(Config(norm="gn", seed=3))) == Config(norm="gn", seed=3)
     old = {k: v for k, v in asdict(Config(norm="ln")).items() if k not in ("optimizer", "compile")}
     assert config_from_record({**old, "colour": "red"}) == Config(norm="ln")
+
+
+def test_the_same_run_wherever_it_trains():
+    here = Config(norm="gn", seed=1, device="auto", data_dir="data")
+    assert same_run(here, Config(norm="gn", seed=1, device="cpu", data_dir="/mnt/mnist"))
+    assert same_run(asdict(here), here)  # a recorded dict and a Config
+
+
+@pytest.mark.parametrize("change", [{"seed": 2}, {"compile": True}, {"l1": 1e-5}, {"lr": 0.02}, {"gn_groups": 2}])
+def test_what_changes_the_numbers_makes_another_run(change):
+    assert not same_run(Config(norm="gn"), Config(norm="gn", **change))
+
+
+def test_an_old_record_without_newer_fields_is_the_same_run():
+    old = {k: v for k, v in asdict(Config(norm="ln", seed=2)).items() if k not in ("optimizer", "compile")}
+    assert same_run(old, Config(norm="ln", seed=2, device="cpu"))
+    assert run_identity(old) == run_identity(Config(norm="ln", seed=2))

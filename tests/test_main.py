@@ -42,7 +42,7 @@ def test_smoke_run_writes_metrics_in_the_schema(tiny_mnist, tmp_path):
     run_dir = tmp_path / run_name(Config(norm="gn", epochs=2))
     assert run_dir.name == "gn_e2_seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"config", "params", "device", "torch", "cpu", "threads", "epochs"}
+    assert set(metrics) == {"config", "params", "device", "node", "torch", "cpu", "threads", "fingerprint", "epochs"}
     assert ALL_FLAGS <= set(metrics["config"]) and metrics["config"]["norm"] == "gn"
     assert metrics["params"] < 8000 and metrics["device"] == "cpu"
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]

@@ -28,7 +28,7 @@ def local_ray():
 
 
 def configs(tiny_mnist, **changes):
-    base = Config(epochs=1, device="cpu", data_dir=str(tiny_mnist), **changes)
+    base = Config(**{"epochs": 1, "device": "cpu", "data_dir": str(tiny_mnist), **changes})
     return [replace(base, norm="gn", seed=0), replace(base, norm="bn", l1=1e-5, seed=1)]
 
 
@@ -59,6 +59,18 @@ def test_a_recorded_run_is_skipped(tiny_mnist, tmp_path):
     assert any(line.startswith("1 of 2 runs already in") for line in lines), lines
     runs = json.loads(results.read_text())["runs"]
     assert len(runs) == 2 and json.loads(before)["runs"][0] == runs[0]
+
+
+def test_a_run_recorded_on_auto_is_not_trained_again_on_cpu(tiny_mnist, tmp_path):
+    # the device says where a run trained, not what it computes: a re-run with --device cpu finds every record
+    results, models, lines = tmp_path / "r.json", tmp_path / "models", []
+    run_configs(configs(tiny_mnist, device="auto"), results, summarize, tmp_path / "runs", models_dir=models,
+                log=lines.append)
+    before = {path.name: path.stat().st_mtime_ns for path in models.iterdir()}, results.read_bytes()
+    run_configs(configs(tiny_mnist, device="cpu"), results, summarize, tmp_path / "runs", models_dir=models,
+                log=lines.append)
+    assert lines[-1].startswith("2 of 2 runs already in"), lines
+    assert ({path.name: path.stat().st_mtime_ns for path in models.iterdir()}, results.read_bytes()) == before
 
 
 def test_a_task_that_raises_is_reported_and_the_others_finish(tiny_mnist, tmp_path, local_ray):
