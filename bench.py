@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from config import BATCH_SIZES, Config
+from config import BATCH_SIZES, COMPARED, Config
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, eval_batch_size, load_mnist
 from model import NORMS, Net
 from system import cpu_name, keep_freed_memory
@@ -285,17 +285,17 @@ def main_norm_costs(args):
     device = torch.device(args.device)
     if args.malloc == "keep" and device.type == "cpu":
         keep_freed_memory()
-    times = norm_costs(device, list(NORMS), list(BATCH_SIZES), args.rounds, args.cost_images)
+    times = norm_costs(device, list(COMPARED), list(BATCH_SIZES), args.rounds, args.cost_images)
     report = {"args": recorded(args), "hardware": hardware(device), "results": summarize_norm_costs(times)}
     out = Path(args.out or f"results/bench_{device.type}_norms.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{'batch':>6} " + " ".join(f"{n.upper() + ' train s/epoch':>18} {n.upper() + ' infer img/s':>16}"
-                                      for n in NORMS))
+                                      for n in COMPARED))
     for b in BATCH_SIZES:
         row = report["results"]
         print(f"{b:>6} " + " ".join(f"{row[n][str(b)]['train_epoch_s']:>18.1f} "
-                                    f"{row[n][str(b)]['inference_images_per_s']:>16,.0f}" for n in NORMS))
+                                    f"{row[n][str(b)]['inference_images_per_s']:>16,.0f}" for n in COMPARED))
     print(f"wrote {out}")
 
 
@@ -307,7 +307,7 @@ def inference_models(device):
     """{name: model in eval mode}: BN, the same BN model folded, GN and LN, all with settled statistics."""
     from bn_stats import folded
     torch.manual_seed(0)
-    models = {n: Net(n).to(device) for n in NORMS}
+    models = {n: Net(n).to(device) for n in COMPARED}
     with torch.no_grad():  # a few training-mode passes so BN's running statistics are not the initial 0 and 1
         for _ in range(3):
             models["bn"].train()(torch.randn(256, 1, 28, 28, device=device))

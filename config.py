@@ -51,19 +51,33 @@ VARIANTS = {
     "ln": Variant("LN", "tab:orange", {"norm": "ln"}),
     "bn_l1": Variant("BN+L1", "tab:green", {"norm": "bn", "l1": STUDY_L1}),
     "bn": Variant("BN", "tab:red", {"norm": "bn"}),
+    "gn2": Variant("GN(2)", "tab:purple", {"norm": "gn", "gn_groups": 2}),  # the GN family: 1 (LN), 2, 4 (GN), C (IN)
+    "in": Variant("IN", "tab:brown", {"norm": "in"}),
+    "none": Variant("no norm", "tab:gray", {"norm": "none"}),
 }
 assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry (label, colour)"
+# the variants without L1, in the order of every table and figure; the experiments' --norms choices
+PLAIN = ("bn", "gn", "ln", "gn2", "in", "none")
+assert set(PLAIN) == {key for key in VARIANTS if not key.endswith("_l1")}
+COMPARED = ("bn", "gn", "ln")  # what the sweep and the LR range run unless --norms says otherwise
+GN_FAMILY = ("ln", "gn2", "gn", "in")  # GroupNorm from 1 group (LN) to one channel per group (IN)
 
 
 def variant_key(config):
-    """'gn', 'ln', 'bn', or 'bn_l1' when the run has an L1 penalty."""
-    return config.norm + ("_l1" if config.l1 else "")
+    """The norm ('gn', 'ln', 'bn', 'in', 'none'); 'gn2' for GN with 2 groups (any count but GN_GROUPS is
+    named); '_l1' appended when the run has an L1 penalty ('bn_l1')."""
+    groups = str(config.gn_groups) if config.norm == "gn" and config.gn_groups != GN_GROUPS else ""
+    return config.norm + groups + ("_l1" if config.l1 else "")
 
 
 def run_label(config):
-    """'GN', 'LN', 'BN' or 'BN+L1': the variant's label ('GN+L1' for a variant not in VARIANTS)."""
+    """'GN', 'LN', 'BN', 'BN+L1', 'GN(2)', ...: the variant's label ('GN+L1', 'GN(3)' for one not in VARIANTS)."""
     key = variant_key(config)
-    return VARIANTS[key].label if key in VARIANTS else config.norm.upper() + "+L1"
+    if key in VARIANTS:
+        return VARIANTS[key].label
+    plain = key.removesuffix("_l1")
+    label = VARIANTS[plain].label if plain in VARIANTS else f"{config.norm.upper()}({config.gn_groups})"
+    return label + ("+L1" if config.l1 else "")
 
 
 # settings that name a run folder when they differ from DEFAULTS, and their short names
@@ -82,6 +96,8 @@ def run_name(config):
     if config.l1 and config.l1 != STUDY_L1:
         parts.append(f"{config.l1:g}")
     for name, short in NAMED.items():
+        if name == "gn_groups" and config.norm == "gn":
+            continue  # the variant key names GN's groups: 'gn2'
         value = getattr(config, name)
         if value != getattr(DEFAULTS, name):
             parts.append(short if value is True else f"{short}{value:g}" if isinstance(value, float)

@@ -14,9 +14,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from config import OPTIMIZERS, Config
+from config import COMPARED, OPTIMIZERS, PLAIN, VARIANTS, Config, config_from_record, variant_key
 from data import default_data_dir
-from model import NORMS
 from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command, run_configs
 
 SEEDS = (0, 1, 2)
@@ -26,15 +25,20 @@ USABLE = 1.5  # an LR is usable when no seed diverged and the mean test error is
 RESULTS = "results/lr_range.json"
 
 
-def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=NORMS, lrs=None):
-    """Every norm at every peak LR for every seed, seed-major; no L1."""
-    return [replace(base, norm=norm, lr=lr, optimizer=optimizer, seed=seed, l1=0.0)
+def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=COMPARED, lrs=None):
+    """Every norm (keys of PLAIN) at every peak LR for every seed, seed-major; no L1."""
+    return [replace(base, **VARIANTS[norm].settings, lr=lr, optimizer=optimizer, seed=seed, l1=0.0)
             for seed in seeds for lr in (lrs or LRS[optimizer]) for norm in norms]
 
 
 def run_order(run):
     c = run["config"]
-    return OPTIMIZERS.index(c.get("optimizer", "adam")), c["seed"], c["lr"], NORMS.index(c["norm"])
+    return OPTIMIZERS.index(c.get("optimizer", "adam")), c["seed"], c["lr"], PLAIN.index(norm_key(run))
+
+
+def norm_key(run):
+    """The recorded run's key in PLAIN: 'bn', 'gn', 'gn2', 'none', ..."""
+    return variant_key(config_from_record(run["config"]))
 
 
 def summarize(runs):
@@ -42,10 +46,10 @@ def summarize(runs):
     groups = {}
     for run in runs:
         c = run["config"]
-        groups.setdefault((c.get("optimizer", "adam"), c["norm"], c["lr"]), []).append(run)
+        groups.setdefault((c.get("optimizer", "adam"), norm_key(run), c["lr"]), []).append(run)
     summary = []
     for (optimizer, norm, lr), group in sorted(groups.items(), key=lambda g: (OPTIMIZERS.index(g[0][0]),
-                                                                               NORMS.index(g[0][1]), g[0][2])):
+                                                                               PLAIN.index(g[0][1]), g[0][2])):
         finished = [run["epochs"][-1]["test_acc"] for run in group if "diverged" not in run]
         entry = {"optimizer": optimizer, "norm": norm, "lr": lr, "epochs": group[0]["config"]["epochs"],
                  "seeds": [r["config"]["seed"] for r in group],
@@ -77,9 +81,9 @@ def usable_range(summary, optimizer, norm):
 
 def lr_range_table(summary):
     """Markdown: one row per optimizer and LR, test accuracy per norm (mean ± std, diverged seeds); usable ranges."""
-    norms = [n for n in NORMS if any(e["norm"] == n for e in summary)]
+    norms = [n for n in PLAIN if any(e["norm"] == n for e in summary)]
     by_point = {(e["optimizer"], e["lr"], e["norm"]): e for e in summary}
-    lines = ["| optimizer | peak LR | " + " | ".join(f"{n.upper()} test acc %" for n in norms) + " |",
+    lines = ["| optimizer | peak LR | " + " | ".join(f"{VARIANTS[n].label} test acc %" for n in norms) + " |",
              "|---|---:|" + "---:|" * len(norms)]
     for optimizer, lr in sorted({(o, lr) for o, lr, _ in by_point}, key=lambda k: (OPTIMIZERS.index(k[0]), k[1])):
         lines.append(f"| {optimizer} | {lr:g} | " + " | ".join(cell(by_point.get((optimizer, lr, n))) for n in norms)
@@ -106,7 +110,8 @@ def make_parser():
     add("--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer of every run")
     add("--lrs", type=float, nargs="+", default=None, help="peak LRs (unset: " + "; ".join(
         f"{o}: {', '.join(map(str, lrs))}" for o, lrs in LRS.items()) + ")")
-    add("--norms", nargs="+", default=list(NORMS), choices=NORMS, help="normalizations")
+    add("--norms", nargs="+", default=list(COMPARED), choices=PLAIN,
+        help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
     add("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run each")
     add("--epochs", type=int, default=EPOCHS, help="epochs of every run")
     add("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
@@ -128,7 +133,7 @@ def main(argv=None):
     configs = lr_range_configs(base, args.optimizer, args.seeds, args.norms, args.lrs)
     results = Path(args.results)
     code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
-                                           args.gpus_per_run, order=run_order, keep_diverged=True),
+                                           args.gpus_per_run, order=run_order),
                        results, base.data_dir, args.device)
     if code == 0:
         from plots import redraw_lr_range  # matplotlib only where a figure is drawn

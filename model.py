@@ -3,17 +3,19 @@ from functools import partial
 
 import torch.nn as nn
 
-NORMS = ("bn", "gn", "ln")
+NORMS = ("bn", "gn", "ln", "in", "none")
 GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
 WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
 
 
 def norm_layer(norm, channels, gn_groups=GN_GROUPS):
-    """Return the normalization layer for `norm`: 'bn', 'gn' or 'ln'.
+    """Return the normalization layer for `norm`: 'bn', 'gn', 'ln', 'in' or 'none'.
 
     'ln' is GroupNorm with one group: each sample is normalized over (C, H, W)
     with one scale and shift per channel, unlike nn.LayerNorm([C, H, W]) whose
-    per-element affine parameters would add thousands of parameters.
+    per-element affine parameters would add thousands of parameters. 'in'
+    (InstanceNorm) is GroupNorm with one channel per group, with the same
+    per-channel affine parameters as GN. 'none' is no layer at all (nn.Identity).
     """
     if norm == "bn":
         return nn.BatchNorm2d(channels)
@@ -23,20 +25,25 @@ def norm_layer(norm, channels, gn_groups=GN_GROUPS):
         return nn.GroupNorm(gn_groups, channels)
     if norm == "ln":
         return nn.GroupNorm(1, channels)
+    if norm == "in":
+        return nn.GroupNorm(channels, channels)
+    if norm == "none":
+        return nn.Identity()
     raise ValueError(f"unknown norm {norm!r}; valid values are {', '.join(NORMS)}")
 
 
 def conv_block(c_in, c_out, norm, gn_groups, kernel_size=3, padding=0):
-    """Conv (no bias: the norm's shift replaces it) -> norm -> ReLU."""
+    """Conv -> norm -> ReLU. The conv has no bias where a norm follows (its shift replaces it), one without."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size, padding=padding, bias=False),
+        nn.Conv2d(c_in, c_out, kernel_size, padding=padding, bias=norm == "none"),
         norm_layer(norm, c_out, gn_groups),
         nn.ReLU(inplace=True),
     )
 
 
 class Net(nn.Module):
-    """About 7.4k parameters; `norm` picks BatchNorm, GroupNorm or LayerNorm-style GroupNorm(1)."""
+    """About 7.4k parameters; `norm` picks BatchNorm, GroupNorm, LayerNorm-style GroupNorm(1),
+    InstanceNorm-style GroupNorm(C) or no normalization (7.3k: a bias per conv instead of a scale and shift)."""
 
     def __init__(self, norm="bn", gn_groups=GN_GROUPS, dropout=0.05):
         super().__init__()

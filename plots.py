@@ -213,11 +213,16 @@ def plot_error_band(ax, entries, key, color, style, label, marker="o", fill=True
                     color=color, alpha=0.15 if style == "-" else 0.07)
 
 
-def by_norm(summary):
+def by_norm(summary, keys=None):
+    """{norm key: its entries} in the summary's order; only `keys` (of config.PLAIN) when given."""
     groups = {}
     for entry in summary:
-        groups.setdefault(entry["norm"], []).append(entry)
+        if keys is None or entry["norm"] in keys:
+            groups.setdefault(entry["norm"], []).append(entry)
     return groups
+
+
+BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its figure: plot_gn_family
 
 
 def plot_batch_size(sweep, costs=None, equal_steps=None):
@@ -227,13 +232,14 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
     """
     fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
-    for norm, entries in by_norm(sweep["summary"]).items():
+    for norm, entries in by_norm(sweep["summary"], BATCH_SIZE_FIGURE).items():
         color = VARIANTS[norm].color
-        plot_error_band(error_ax, entries, "test_acc", color, "-", f"{norm.upper()}, {entries[0]['epochs']} epochs")
+        plot_error_band(error_ax, entries, "test_acc", color, "-",
+                        f"{VARIANTS[norm].label}, {entries[0]['epochs']} epochs")
         for key, (style, label) in BN_EXTRAS.items():
             plot_error_band(error_ax, entries, key, color, style, label)
     for norm, entries in by_norm(equal_steps["summary"] if equal_steps else []).items():
-        plot_error_band(error_ax, entries, "test_acc", VARIANTS[norm].color, "-", f"{norm.upper()}, the steps of "
+        plot_error_band(error_ax, entries, "test_acc", VARIANTS[norm].color, "-", f"{VARIANTS[norm].label}, the steps of "
                         f"batch 64 ({', '.join(str(e['epochs']) for e in entries)} epochs)", marker="s", fill=False)
     sizes = sorted({e["batch_size"] for e in sweep["summary"]})
     seeds = max(len(e["seeds"]) for e in sweep["summary"])
@@ -297,12 +303,13 @@ def plot_lr_range(summary):
         for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
             color, done = VARIANTS[norm].color, [e for e in entries if "test_acc" in e]
             lrs = [e["lr"] for e in done]
-            ax.plot(lrs, [100 - e["test_acc"]["mean"] for e in done], marker="o", ms=4, color=color, label=norm.upper())
+            ax.plot(lrs, [100 - e["test_acc"]["mean"] for e in done], marker="o", ms=4, color=color,
+                    label=VARIANTS[norm].label)
             ax.fill_between(lrs, [100 - e["test_acc"]["max"] for e in done], [100 - e["test_acc"]["min"] for e in done],
                             color=color, alpha=0.15)
             diverged = [e["lr"] for e in entries if e["diverged"]]
             ax.plot(diverged, [90] * len(diverged), "x", ms=9, mew=2, color=color,
-                    label=f"{norm.upper()}: a seed diverged" if diverged else None)
+                    label=f"{VARIANTS[norm].label}: a seed diverged" if diverged else None)
         seeds = max(len(e["seeds"]) for e in summary)
         ax.set_xscale("log")
         plain_log_axis(ax)

@@ -16,6 +16,7 @@ Every run uses one torch thread whatever the number of workers, so the numbers d
 import json
 import os
 import shlex
+from dataclasses import asdict
 import sys
 from contextlib import closing
 from functools import lru_cache
@@ -27,7 +28,9 @@ from tqdm import tqdm
 from config import config_from_record, run_label, run_name, same_run
 from data import DataError, ensure_mnist, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
-from utils import Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device
+from model import Net, count_parameters
+from utils import (Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device,
+                   where_it_runs)
 
 MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
 OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
@@ -86,7 +89,8 @@ def train_one(config, out, measure=None, log=None):
                              final_metrics=measure)
     except NonFiniteLoss as error:
         metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() \
-            else {"config": vars(config).copy(), "epochs": []}
+            else {"config": asdict(config), "params": count_parameters(Net(config.norm, config.gn_groups)),
+                  **where_it_runs(device), "epochs": []}  # it diverged in its first epoch
         metrics["diverged"] = {"epoch": error.epoch, "step": error.step}
         return results_record(config, metrics), None
     return results_record(config, metrics), {k: v.cpu() for k, v in model.state_dict().items()}
@@ -178,12 +182,12 @@ def _on_ray(function, items, workers, address, resources):
 
 
 def run_configs(configs, results, summarize, out="runs", workers=1, address=None, gpus_per_run=None,
-                measure=None, models_dir=None, order=None, keep_diverged=False, log=print):
+                measure=None, models_dir=None, order=None, log=print):
     """Train every config not yet recorded in `results`, recording each run as soon as it finishes.
 
     `summarize(runs)` writes the file's summary; `models_dir` keeps each run's final weights as
-    models_dir/<run name>.pt; `order(run)` sorts the runs in the file. A diverged run is recorded
-    with `keep_diverged`, else it fails. Raises RunsFailed at the end if any run failed, and
+    models_dir/<run name>.pt; `order(run)` sorts the runs in the file. A run whose loss stopped being
+    finite is recorded too, with "diverged" (no weights are kept): it is a result, not a failure. Raises RunsFailed at the end if any run failed, and
     Interrupted (with every finished run recorded) on Ctrl-C. Returns the recorded runs.
     """
     if order is None:  # the configs' own order, whatever order the runs finish in
@@ -206,8 +210,6 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
             with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
                 for (config, *_), result, error in stream:
                     run, weights = result or (None, None)
-                    if error is None and "diverged" in run and not keep_diverged:
-                        error = f"non-finite loss in epoch {run['diverged']['epoch']}, step {run['diverged']['step']}"
                     if error is not None:
                         failures.append((run_name(config), error))
                         write(f"FAILED: {run_name(config)}: {error}")

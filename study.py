@@ -55,8 +55,12 @@ def summary_table(summary):
              f"first epoch mean >= {TARGET_ACC}% | min of mean, last 5 epochs |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, s in summary.items():
+        seeds = f"{len(s['seeds'])}" + (f" ({len(s['diverged'])} diverged)" if s.get("diverged") else "")
+        if s["mean"] is None:
+            lines.append(f"| {label} | {s['params']:,} | every seed diverged | - | - | {seeds} | - | - |")
+            continue
         lines.append(f"| {label} | {s['params']:,} | {s['mean']:.2f} +- {s['std']:.2f}% | {s['min']:.2f}% "
-                     f"| {s['max']:.2f}% | {len(s['seeds'])} | {s['first_epoch_mean_reaches_target'] or '-'} "
+                     f"| {s['max']:.2f}% | {seeds} | {s['first_epoch_mean_reaches_target'] or '-'} "
                      f"| {s['last5_min_of_mean']:.2f}% |")
     return "\n".join(lines)
 
@@ -70,22 +74,34 @@ def by_variant(runs):
 
 
 def summarize(runs):
-    """Per variant: params and mean/std/min/max of the final test accuracy over seeds, and more."""
+    """Per variant: params and mean/std/min/max of the final test accuracy over the seeds that finished,
+    and more; `diverged` lists the seeds whose loss stopped being finite (the statistics leave them out,
+    and are None where every seed diverged)."""
     summary = {}
     for label, group in by_variant(runs).items():
-        final = [run["epochs"][-1]["test_acc"] for run in group]
-        curves = np.array([[row["test_acc"] for row in run["epochs"]] for run in group])
-        mean_curve = curves.mean(0)
-        reached = np.flatnonzero(mean_curve >= TARGET_ACC)
+        finished = [run for run in group if "diverged" not in run]
+        final = [run["epochs"][-1]["test_acc"] for run in finished]
+        rows = [row for run in group for row in run["epochs"]]
         summary[label] = {
             "params": group[0]["params"], "seeds": [run["config"]["seed"] for run in group],
-            "final_test_acc": final, "mean": statistics.mean(final),
-            "std": statistics.stdev(final) if len(final) > 1 else 0.0,
-            "min": min(final), "max": max(final),
-            "best_epoch_mean": float(mean_curve.max()),
-            "last5_min_of_mean": float(mean_curve[-5:].min()),
-            "first_epoch_mean_reaches_target": int(reached[0]) + 1 if len(reached) else None,
-            "mean_seconds_per_epoch": float(np.mean([r["seconds"] for run in group
-                                                      for r in run["epochs"]])),
+            "final_test_acc": final, "mean": statistics.mean(final) if final else None,
+            "std": (statistics.stdev(final) if len(final) > 1 else 0.0) if final else None,
+            "min": min(final, default=None), "max": max(final, default=None),
+            **curve_summary([[row["test_acc"] for row in run["epochs"]] for run in finished]),
+            "mean_seconds_per_epoch": float(np.mean([r["seconds"] for r in rows])) if rows else None,
         }
+        if len(finished) < len(group):
+            summary[label]["diverged"] = [{"seed": run["config"]["seed"], **run["diverged"]}
+                                          for run in group if "diverged" in run]
     return summary
+
+
+def curve_summary(curves):
+    """Of the mean test-accuracy curve over seeds: its best, its lowest in the last 5 epochs, and the first
+    epoch it reaches TARGET_ACC (None where there are no curves)."""
+    if not curves:
+        return {"best_epoch_mean": None, "last5_min_of_mean": None, "first_epoch_mean_reaches_target": None}
+    mean_curve = np.array(curves).mean(0)
+    reached = np.flatnonzero(mean_curve >= TARGET_ACC)
+    return {"best_epoch_mean": float(mean_curve.max()), "last5_min_of_mean": float(mean_curve[-5:].min()),
+            "first_epoch_mean_reaches_target": int(reached[0]) + 1 if len(reached) else None}

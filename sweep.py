@@ -19,9 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bn_stats import bn_statistics_metrics
-from config import BATCH_SIZES, DEFAULTS, Config
+from config import BATCH_SIZES, COMPARED, DEFAULTS, PLAIN, VARIANTS, Config, config_from_record, variant_key
 from data import default_data_dir
-from model import NORMS
 from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command, run_configs
 
 SEEDS = (0, 1, 2)
@@ -41,20 +40,20 @@ def peak_lr(batch_size, rule=LR_RULE):
     return min(LR_CAP, BASE_LR * LR_RULES[rule](batch_size))
 
 
-def sweep_configs(base, seeds=SEEDS, batch_sizes=BATCH_SIZES, norms=NORMS):
-    """Every run of the sweep, seed-major, so a partial sweep already holds whole seeds."""
-    return [replace(base, norm=norm, batch_size=b, lr=peak_lr(b), seed=seed, l1=0.0)
+def sweep_configs(base, seeds=SEEDS, batch_sizes=BATCH_SIZES, norms=COMPARED):
+    """Every run of the sweep, seed-major, so a partial sweep already holds whole seeds. `norms`: keys of PLAIN."""
+    return [replace(base, **VARIANTS[norm].settings, batch_size=b, lr=peak_lr(b), seed=seed, l1=0.0)
             for seed in seeds for b in batch_sizes for norm in norms]
 
 
-def selection_configs(base, norms=NORMS):
+def selection_configs(base, norms=COMPARED):
     """The LR-rule selection runs: every rule and norm at the batch sizes where the rules differ most."""
-    return [replace(base, norm=norm, batch_size=b, lr=peak_lr(b, rule), seed=0, l1=0.0,
+    return [replace(base, **VARIANTS[norm].settings, batch_size=b, lr=peak_lr(b, rule), seed=0, l1=0.0,
                     val_split=SELECTION_VAL_SPLIT)
             for b in SELECTION_BATCH_SIZES for norm in norms for rule in LR_RULES]
 
 
-def equal_steps_configs(base, seeds=SEEDS, batch_sizes=EQUAL_STEPS_BATCH_SIZES, norms=NORMS):
+def equal_steps_configs(base, seeds=SEEDS, batch_sizes=EQUAL_STEPS_BATCH_SIZES, norms=COMPARED):
     """Large batches trained for the steps batch 64 takes in EPOCHS epochs: EPOCHS * b / 64 epochs."""
     return [replace(config, epochs=base.epochs * config.batch_size // BASE_BATCH)
             for config in sweep_configs(base, seeds, batch_sizes, norms)]
@@ -62,27 +61,33 @@ def equal_steps_configs(base, seeds=SEEDS, batch_sizes=EQUAL_STEPS_BATCH_SIZES, 
 
 def best_rules(selection, batch_size):
     """Per norm, the LR rule with the highest validation accuracy at `batch_size` in a selection summary."""
-    points = {norm: f"{norm}/{batch_size}" for norm in NORMS}
+    points = {norm: f"{norm}/{batch_size}" for norm in PLAIN}
     return {norm: max(selection, key=lambda s: s["val_acc"][point])["rule"]
             for norm, point in points.items() if all(point in s["val_acc"] for s in selection)}
 
 
-def own_lr_configs(base, selection, seeds=SEEDS, batch_sizes=SELECTION_BATCH_SIZES[:1], norms=NORMS):
+def own_lr_configs(base, selection, seeds=SEEDS, batch_sizes=SELECTION_BATCH_SIZES[:1], norms=COMPARED):
     """Equal steps with each norm's own best LR rule from the selection, for the norms whose rule is not LR_RULE
     (the others' runs are the equal-steps runs themselves)."""
     configs = []
     for config in equal_steps_configs(base, seeds, batch_sizes, norms):
-        rule = best_rules(selection, config.batch_size).get(config.norm)
+        rule = best_rules(selection, config.batch_size).get(variant_key(config))
         if rule is None:
-            raise ValueError(f"the LR-rule selection has no {config.norm.upper()} at batch {config.batch_size}")
+            raise ValueError(f"the LR-rule selection has no {VARIANTS[variant_key(config)].label} at batch "
+                             f"{config.batch_size}")
         if rule != LR_RULE:
             configs.append(replace(config, lr=peak_lr(config.batch_size, rule)))
     return configs
 
 
+def norm_key(run):
+    """The recorded run's key in PLAIN: 'bn', 'gn', 'gn2', 'none', ..."""
+    return variant_key(config_from_record(run["config"]))
+
+
 def run_order(run):
     c = run["config"]
-    return c["seed"], c["batch_size"], NORMS.index(c["norm"]), c["lr"]
+    return c["seed"], c["batch_size"], PLAIN.index(norm_key(run)), c["lr"]
 
 
 def spread(values):
@@ -91,20 +96,26 @@ def spread(values):
 
 
 def summarize_sweep(runs):
-    """Per norm and batch size: the final test accuracy over seeds, seconds per epoch, BN's other accuracies."""
+    """Per norm (key of PLAIN) and batch size: the final test accuracy over the seeds that finished, seconds
+    per epoch, BN's other accuracies, and the seeds that diverged (their loss stopped being finite)."""
     groups = {}
     for run in runs:
-        groups.setdefault((run["config"]["norm"], run["config"]["batch_size"]), []).append(run)
+        groups.setdefault((norm_key(run), run["config"]["batch_size"]), []).append(run)
     summary = []
-    for (norm, batch_size), group in sorted(groups.items(), key=lambda g: (NORMS.index(g[0][0]), g[0][1])):
-        last = [run["epochs"][-1] for run in group]
+    for (norm, batch_size), group in sorted(groups.items(), key=lambda g: (PLAIN.index(g[0][0]), g[0][1])):
+        finished = [run for run in group if "diverged" not in run]
+        last = [run["epochs"][-1] for run in finished]
         entry = {"norm": norm, "batch_size": batch_size, "lr": group[0]["config"]["lr"],
-                 "epochs": group[0]["config"]["epochs"], "seeds": [run["config"]["seed"] for run in group],
-                 "test_acc": spread([row["test_acc"] for row in last]),
-                 "seconds_per_epoch": statistics.mean(row["seconds"] for run in group for row in run["epochs"])}
+                 "epochs": group[0]["config"]["epochs"], "seeds": [run["config"]["seed"] for run in group]}
+        if last:
+            entry["test_acc"] = spread([row["test_acc"] for row in last])
+        rows = [row for run in group for row in run["epochs"]]
+        entry["seconds_per_epoch"] = statistics.mean(row["seconds"] for row in rows) if rows else None
         for key in ("test_acc_batch_stats", "test_acc_precise_stats"):
-            if all(key in row for row in last):
+            if last and all(key in row for row in last):
                 entry[key] = spread([row[key] for row in last])
+        if len(finished) < len(group):
+            entry["diverged"] = [{"seed": r["config"]["seed"], **r["diverged"]} for r in group if "diverged" in r]
         summary.append(entry)
     return summary
 
@@ -115,7 +126,7 @@ def summarize_selection(runs):
     for run in runs:
         c = run["config"]
         rule = next(r for r in LR_RULES if math.isclose(peak_lr(c["batch_size"], r), c["lr"]))
-        by_rule.setdefault(rule, {})[f"{c['norm']}/{c['batch_size']}"] = run["epochs"][-1]["val_acc"]
+        by_rule.setdefault(rule, {})[f"{norm_key(run)}/{c['batch_size']}"] = run["epochs"][-1]["val_acc"]
     summary = [{"rule": rule, "mean_val_acc": statistics.mean(accs.values()), "val_acc": accs}
                for rule, accs in by_rule.items()]
     return sorted(summary, key=lambda s: -s["mean_val_acc"])
@@ -126,25 +137,35 @@ def pm(spread_):
     return f"{spread_['mean']:.2f} ± {spread_['std']:.2f}"
 
 
+def acc_cell(entry):
+    """'99.41 ± 0.03', with '(k of n diverged)' where seeds diverged; '-' where there is no entry."""
+    if entry is None:
+        return "-"
+    text = pm(entry["test_acc"]) if "test_acc" in entry else ""
+    if entry.get("diverged"):
+        text += f" ({len(entry['diverged'])} of {len(entry['seeds'])} diverged)"
+    return text.strip()
+
+
 def batch_size_table(summary):
     """A sweep's summary as a Markdown table: one row per batch size, test accuracy per norm and BN's extras."""
     entries = {(e["norm"], e["batch_size"]): e for e in summary}
-    norms = [n for n in NORMS if any(k[0] == n for k in entries)]
-    lines = ["| batch | epochs | peak LR | " + " | ".join(f"{n.upper()} test acc %" for n in norms)
+    norms = [n for n in PLAIN if any(k[0] == n for k in entries)]
+    lines = ["| batch | epochs | peak LR | " + " | ".join(f"{VARIANTS[n].label} test acc %" for n in norms)
              + " | BN, batch stats | BN, recomputed stats |", "|---:|---:|---:|" + "---:|" * (len(norms) + 2)]
     for b in sorted({b for _, b in entries}):
         cells = [entries.get((n, b)) for n in norms]
         first, bn = next(e for e in cells if e), entries.get(("bn", b), {})
         extras = [pm(bn[k]) if k in bn else "-" for k in ("test_acc_batch_stats", "test_acc_precise_stats")]
         lines.append(f"| {b} | {first['epochs']} | {first['lr']:.3g} | "
-                     + " | ".join(pm(e["test_acc"]) if e else "-" for e in cells) + " | " + " | ".join(extras) + " |")
+                     + " | ".join(acc_cell(e) for e in cells) + " | " + " | ".join(extras) + " |")
     return "\n".join(lines)
 
 
 def lr_rule_table(summary):
     """The LR-rule selection as a Markdown table: validation accuracy per rule and point, and the mean."""
     points = list(summary[0]["val_acc"])
-    lines = ["| LR rule | " + " | ".join(f"{p.split('/')[0].upper()}, batch {p.split('/')[1]}" for p in points)
+    lines = ["| LR rule | " + " | ".join(f"{VARIANTS[p.split('/')[0]].label}, batch {p.split('/')[1]}" for p in points)
              + " | mean |", "|---|" + "---:|" * (len(points) + 1)]
     for s in summary:
         lines.append(f"| {s['rule']} | " + " | ".join(f"{s['val_acc'][p]:.2f}%" for p in points)
@@ -159,7 +180,8 @@ def make_parser():
     add = p.add_argument
     add("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
     add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
-    add("--norms", nargs="+", default=list(NORMS), choices=NORMS, help="normalizations")
+    add("--norms", nargs="+", default=list(COMPARED), choices=PLAIN,
+        help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
     add("--batch-sizes", type=int, nargs="+", default=None,
         help=f"training batch sizes (unset: {', '.join(map(str, BATCH_SIZES))}; with --equal-steps "
              f"{', '.join(map(str, EQUAL_STEPS_BATCH_SIZES))})")

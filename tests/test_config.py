@@ -17,7 +17,10 @@ from model import NORMS
     (Config(norm="bn", epochs=3, batch_size=512, seed=1), "bn_e3_bs512_seed1"),  # a sweep run
     (Config(epochs=1, train_subset=1000), "bn_e1_n1000_seed0"),      # main.py --dry-run
     (Config(norm="gn", lr=0.1, optimizer="sgd"), "gn_lr0.1_sgd_seed0"),
-    (Config(norm="gn", gn_groups=2, dropout=0.0, degrees=0.0, shift=0.0), "gn_g2_do0_rot0_sh0_seed0"),
+    (Config(norm="gn", gn_groups=2, dropout=0.0, degrees=0.0, shift=0.0), "gn2_do0_rot0_sh0_seed0"),  # GN(2)
+    (Config(norm="bn", gn_groups=2), "bn_g2_seed0"),
+    (Config(norm="in"), "in_seed0"),
+    (Config(norm="none", batch_size=8, epochs=3), "none_e3_bs8_seed0"),
     (Config(weight_decay=1e-4, val_split=10_000, compile=True), "bn_wd0.0001_val10000_compiled_seed0"),
 ])
 def test_run_name_examples(config, name):
@@ -48,7 +51,7 @@ def test_every_norm_has_a_variant_with_label_and_colour():
     for norm in NORMS:
         variant = VARIANTS[norm]
         assert variant.settings == {"norm": norm}
-        assert variant.label == norm.upper() and variant.color
+        assert variant.label == (norm.upper() if norm != "none" else "no norm") and variant.color
     assert len({v.label for v in VARIANTS.values()}) == len({v.color for v in VARIANTS.values()}) == len(VARIANTS)
 
 
@@ -62,13 +65,15 @@ def test_variant_key_and_label():
     assert [variant_key(Config(norm=n)) for n in NORMS] == list(NORMS)
     assert variant_key(Config(norm="bn", l1=1e-4)) == "bn_l1" and run_label(Config(norm="bn", l1=1e-4)) == "BN+L1"
     assert run_label(Config(norm="gn")) == "GN"
+    assert variant_key(Config(norm="gn", gn_groups=2)) == "gn2" and run_label(Config(norm="gn", gn_groups=2)) == "GN(2)"
+    assert run_label(Config(norm="gn", gn_groups=1)) == "GN(1)" and run_label(Config(norm="gn", gn_groups=2, l1=1e-4)) == "GN(2)+L1"
 
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_every_norm_with_l1_has_a_label(norm):
     # main.py --norm gn --l1 1e-4 is a valid command; fit() labels its run with run_label
     label = run_label(Config(norm=norm, l1=1e-4))
-    assert label.startswith(norm.upper()) and label != run_label(Config(norm=norm))
+    assert label == VARIANTS[norm].label + "+L1" and label != run_label(Config(norm=norm))
 
 
 def test_config_from_record_drops_unknown_keys_and_fills_new_fields():

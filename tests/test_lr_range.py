@@ -6,7 +6,7 @@ import pytest
 
 import lr_range
 from config import Config, run_name
-from model import NORMS
+from config import COMPARED as NORMS  # what lr_range.py runs by default
 
 
 def test_smoke_lr_range_records_diverged_runs_and_draws_the_figure(tiny_mnist, tmp_path, capsys):

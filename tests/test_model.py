@@ -5,7 +5,8 @@ from torch import nn
 
 from model import NORMS, Net, count_parameters, norm_layer
 
-LAYER_TYPE = {"bn": nn.BatchNorm2d, "gn": nn.GroupNorm, "ln": nn.GroupNorm}
+LAYER_TYPE = {"bn": nn.BatchNorm2d, "gn": nn.GroupNorm, "ln": nn.GroupNorm, "in": nn.GroupNorm, "none": nn.Identity}
+NORMALIZED = [n for n in NORMS if n != "none"]
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -32,9 +33,13 @@ def test_under_8k_parameters(norm):
 @pytest.mark.parametrize("norm", NORMS)
 def test_right_normalization_layers(norm):
     model = Net(norm)
-    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm))]
+    norms = [block[1] for block in model.features if isinstance(block, nn.Sequential)]
     assert len(norms) == 7
     assert all(type(m) is LAYER_TYPE[norm] for m in norms)
+    convs = [block[0] for block in model.features if isinstance(block, nn.Sequential)]
+    assert all((conv.bias is not None) == (norm == "none") for conv in convs)  # a bias only where no norm follows
+    if norm == "in":  # one channel per group, per-channel affine
+        assert all(m.num_groups == m.num_channels and m.weight.shape == (m.num_channels,) for m in norms)
     if norm == "ln":  # one group: statistics over (C, H, W) of each sample, per-channel affine
         assert all(m.num_groups == 1 and m.weight.shape == (m.num_channels,) for m in norms)
     if norm == "gn":
@@ -48,8 +53,64 @@ def test_ln_is_layer_norm_over_chw_with_channel_affine():
     assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
+def test_parameter_counts():
+    # each normalized conv has a scale and shift per channel (2 x 84) and no bias; without a norm, a bias (84)
+    counts = {norm: count_parameters(Net(norm)) for norm in NORMS}
+    assert counts == {"bn": 7410, "gn": 7410, "ln": 7410, "in": 7410, "none": 7410 - 84}
+    assert count_parameters(Net("gn", gn_groups=2)) == 7410
+
+
+def test_in_is_instance_norm_with_channel_affine():
+    layer = norm_layer("in", 4)
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(layer(x), nn.functional.instance_norm(x, eps=layer.eps), atol=1e-5)
+
+
+def normalized_convs(model):
+    return [block[0] for block in model.features if isinstance(block, nn.Sequential)]
+
+
+def scaled(model, conv, c):
+    with torch.no_grad():
+        conv.weight.mul_(c)
+    return model
+
+
+@pytest.mark.parametrize("norm", NORMALIZED)
+@pytest.mark.parametrize("c", [0.5, 3.0])
+def test_a_norm_makes_its_conv_blind_to_the_scale_of_its_weights(norm, c):
+    # why L1 on these weights cannot shrink what the network computes: conv(c w) -> norm gives norm(conv(w)),
+    # up to eps (BN with the batch's statistics: its running statistics would have to scale with them).
+    # eps is made tiny here: torch's 1e-5 against IN's small per-channel variances at 7x7 moves the logits
+    # by about 2e-4 relative, which is eps at work, not a scale the network sees
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    model = Net(norm, dropout=0.0).train()  # train(): BN normalizes with the batch's statistics
+    for layer in model.modules():
+        if hasattr(layer, "eps"):
+            layer.eps = 1e-10
+    with torch.no_grad():
+        reference = model(x)
+        for i, conv in enumerate(normalized_convs(model)):
+            changed = scaled(model, conv, c)(x)
+            scaled(model, conv, 1 / c)
+            assert torch.allclose(changed, reference, rtol=1e-4, atol=1e-4 * reference.abs().max()), (norm, i)
+        head = scaled(model, model.head, c)(x)
+    assert not torch.allclose(head, reference, rtol=1e-2)  # the head, which no norm follows, is scaled
+
+
+@pytest.mark.parametrize("c", [0.5, 3.0])
+def test_without_a_norm_the_scale_of_a_conv_changes_the_output(c):
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    model = Net("none", dropout=0.0).eval()
+    with torch.no_grad():
+        reference = model(x)
+        assert not torch.allclose(scaled(model, normalized_convs(model)[0], c)(x), reference, rtol=1e-2)
+
+
 def test_unknown_norm_names_valid_values():
-    with pytest.raises(ValueError, match="bn, gn, ln"):
+    with pytest.raises(ValueError, match="bn, gn, ln, in, none"):
         Net("xx")
 
 

@@ -164,3 +164,12 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tm
     runs = json.loads(results.read_text())["runs"]
     assert len(runs) == 9 and all(run in runs for run in recorded)
     assert (tmp_path / "I" / "test_accuracy.png").exists() and len(list((tmp_path / "S" / "models").iterdir())) == 9
+
+
+def test_a_diverged_run_is_recorded_not_failed(tiny_mnist, tmp_path):
+    diverging = replace(configs(tiny_mnist)[0], lr=1e30)
+    runs = run_configs([diverging], tmp_path / "r.json", summarize, tmp_path / "runs", models_dir=tmp_path / "models",
+                       log=lambda line: None)
+    [run] = runs
+    assert run["diverged"]["epoch"] == 1 and run["epochs"] == [] and run["params"] == 7410 and run["node"]
+    assert summarize(runs)["GN"]["diverged"][0]["seed"] == 0 and not (tmp_path / "models").exists()

@@ -58,3 +58,16 @@ def test_summary_table_one_row_per_variant():
 def test_run_key_of_a_recorded_run():
     assert run_key({"config": {"norm": "bn", "l1": STUDY_L1}}) == "bn_l1"
     assert run_key({"config": {"norm": "ln"}}) == "ln"
+
+
+def test_diverged_runs_are_summarized_apart():
+    finished = study_run("none", {"norm": "none", "seed": 0}, [98.0, 99.0])
+    early = {**study_run("none", {"norm": "none", "seed": 1}, []), "diverged": {"epoch": 1, "step": 7}}
+    late = {**study_run("none", {"norm": "none", "seed": 2}, [97.0]), "diverged": {"epoch": 2, "step": 900}}
+    s = summarize([finished, early, late])["none"]
+    assert s["seeds"] == [0, 1, 2] and s["final_test_acc"] == [99.0] and s["mean"] == 99.0
+    assert s["diverged"] == [{"seed": 1, "epoch": 1, "step": 7}, {"seed": 2, "epoch": 2, "step": 900}]
+    assert summary_table({"none": s}).splitlines()[2] == "| none | 7,410 | 99.00 +- 0.00% | 99.00% | 99.00% | 3 (2 diverged) | - | 98.00% |"
+    nothing = summarize([early])["none"]
+    assert nothing["mean"] is None and nothing["last5_min_of_mean"] is None and nothing["mean_seconds_per_epoch"] is None
+    assert "every seed diverged" in summary_table({"none": nothing})
