@@ -7,11 +7,9 @@ import torch
 EPS = 1e-5
 # which axes each normalization averages over, for x of shape (N, C, H, W)
 AXES = {
-    "BN": "per channel, over the batch and the pixels (N, H, W): 4 statistics, channels 0-3, "
-          "shared by both images",
-    "GN": "per image and group of 2 channels (0-1, 2-3), over (C/2, H, W): 4 statistics, "
-          "image 0 groups 0-1, then image 1 groups 0-1",
-    "LN": "per image, over all channels and pixels (C, H, W): 2 statistics, image 0 then image 1",
+    "BN": "each channel, over (N, H, W): 4, channels 0-3, shared by both images",
+    "GN": "each image and group of 2 channels, over (C/2, H, W): 4, image 0 groups 0-1, then image 1",
+    "LN": "each image, over (C, H, W): 2, image 0 then image 1",
 }
 
 
@@ -51,15 +49,15 @@ def fmt(values):
 
 
 def markdown():
+    """The input, then one row per norm: its statistics, and two channels after normalizing (gamma 1, beta 0)."""
     x = example_input()
     lines = ["Input x, shape (2, 4, 2, 2), each channel's 2x2 pixels read row by row:", "",
              "| image | channel 0 | channel 1 | channel 2 | channel 3 |", "|---|---|---|---|---|"]
     lines += [f"| {n} | " + " | ".join(fmt(x[n, c]) for c in range(4)) + " |" for n in range(2)]
+    lines += ["", "| norm | statistics: over what, how many | means | variances | image 0, channel 0 becomes "
+              "| image 1, channel 1 becomes |", "|---|---|---|---|---|---|"]
     for name, (out, mean, var) in worked_example().items():
-        lines += ["", f"**{name}**: {AXES[name]}.", "",
-                  f"- means: {fmt(mean)}", f"- variances: {fmt(var)}",
-                  f"- image 0, channel 0 becomes: {fmt(out[0, 0])}",
-                  f"- image 1, channel 1 becomes: {fmt(out[1, 1])}"]
+        lines.append(f"| **{name}** | {AXES[name]} | {fmt(mean)} | {fmt(var)} | {fmt(out[0, 0])} | {fmt(out[1, 1])} |")
     return "\n".join(lines)
 
 

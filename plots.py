@@ -38,41 +38,77 @@ def zoom(means, percent):
     return low - pad, min(high + pad, 100.0) if percent else high + pad
 
 
-def plot_metric(runs, key, title, ylabel, percent=False, ax=None):
-    """All variants' `key` per epoch on one axes: mean over seeds, min-max band, final and best in the legend."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI) if ax is None else (ax.figure, ax)
+def plot_metric(runs, key, title, ylabel, percent=False, ax=None, log=False, elsewhere=None):
+    """All variants' `key` per epoch on one axes: mean over seeds, min-max band, final and best in the legend.
+
+    log=True: every epoch on a log y axis; else the y axis zooms to the last epochs and the title says
+    which epochs it leaves out (and `elsewhere`, where they are shown). The legend sits below the axes, so it covers no data.
+    """
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=DPI) if ax is None else (ax.figure, ax)
     fmt = "{:.2f}%" if percent else "{:.4f}"
     series = curves(runs, key)
     means = {label: values.mean(1) for label, (_, values) in series.items()}
     rank = {label: i for i, label in enumerate(sorted(means, key=lambda k: means[k][-1]))}
+    seeds = max(values.shape[1] for _, values in series.values())
     for label, (params, values) in series.items():
         epochs, mean = np.arange(1, len(values) + 1), means[label]
         best = mean.max() if percent else mean.min()
-        seeds = f", mean of {values.shape[1]} seeds" if values.shape[1] > 1 else ""
         color = COLORS.get(label)
         ax.plot(epochs, mean, marker="o", ms=3, color=color,
-                label=f"{label} ({params:,} params{seeds}): final {fmt.format(mean[-1])}, "
-                      f"best {fmt.format(best)}")
+                label=f"{label} ({params:,} params): final {fmt.format(mean[-1])}, best {fmt.format(best)}")
         if values.shape[1] > 1:
             ax.fill_between(epochs, values.min(1), values.max(1), color=color, alpha=0.15)
         offset = 11 * (rank[label] - (len(rank) - 1) / 2)  # points; keeps close final values apart
         ax.annotate(fmt.format(mean[-1]), (epochs[-1], mean[-1]), xytext=(8, offset),
                     textcoords="offset points", va="center", fontsize=9, color=color)
-    ax.set_ylim(*zoom(means.values(), percent))
+    if log:
+        plain_log_axis(ax)
+    else:
+        low, high = zoom(means.values(), percent)
+        ax.set_ylim(low, high)
+        hidden = sorted({int(e) + 1 for m in means.values() for e in np.flatnonzero((m < low) | (m > high))})
+        if hidden:
+            title += f"\n(the mean of epochs {epoch_ranges(hidden)} lies outside this axis" + (
+                f"; {elsewhere})" if elsewhere else ")")
     ax.set_xlim(0.5, len(mean) + 2.5)  # room for the final-value labels
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if percent else "upper right", fontsize=9)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    legend_below(ax, seeds)
     fig.tight_layout()
     return fig
+
+
+def legend_below(ax, seeds):
+    """The axes' legend under it, with a grey patch for the seed band, in columns that fit the width."""
+    from matplotlib.patches import Patch
+    handles, labels = ax.get_legend_handles_labels()
+    if seeds > 1:
+        handles.append(Patch(color="grey", alpha=0.25))
+        labels.append(f"band: min-max over {seeds} seeds (line: their mean)")
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=9, ncol=1, frameon=False)
+
+
+def epoch_ranges(epochs):
+    """'1-3, 5' for [1, 2, 3, 5]."""
+    parts, start = [], epochs[0]
+    for previous, current in zip(epochs, epochs[1:] + [None]):
+        if current != previous + 1:
+            parts.append(f"{start}-{previous}" if previous > start else f"{start}")
+            start = current
+    return ", ".join(parts)
 
 
 def plain_log_axis(ax):
     """A log y axis whose ticks read 0.5, 1, 2, 5 rather than 5x10^-1."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if leading_digit(v) in (2, 5) else ""))
+
+
+def leading_digit(value):
+    """2 for 0.02, 20 or 2.0: the first significant digit of a positive number."""
+    return int(f"{value:e}"[0]) if value > 0 else 0
 
 
 def plot_error_log(runs, ax):
@@ -87,14 +123,14 @@ def plot_error_log(runs, ax):
     ax.set(title="Test error, every epoch (log scale)", xlabel="epoch", ylabel="test error (%, log scale)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
+    legend_below(ax, max(values.shape[1] for _, values in curves(runs, "test_acc").values()))
 
 
 def plot_accuracy(runs):
     """Graph 2: test accuracy zoomed to where the curves end (left), test error of every epoch (right)."""
-    fig, (zoomed, whole) = plt.subplots(1, 2, figsize=(14, 5), dpi=DPI, width_ratios=(3, 2))
-    plot_metric(runs, "test_acc", "Test accuracy per epoch (zoomed to the last epochs)", "accuracy (%)",
-                percent=True, ax=zoomed)
+    fig, (zoomed, whole) = plt.subplots(1, 2, figsize=(14, 6.5), dpi=DPI, width_ratios=(3, 2))
+    plot_metric(runs, "test_acc", "Graph 2: test accuracy per epoch (zoomed to the last epochs)", "accuracy (%)",
+                percent=True, ax=zoomed, elsewhere="see the right panel")
     plot_error_log(runs, whole)
     fig.tight_layout()
     return fig
@@ -113,10 +149,11 @@ def plot_train_vs_test(runs):
         ax.set_ylim(*zoom(means.values(), percent=metric == "acc"))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-    fig.suptitle("Train vs. test (mean over seeds): training sees augmented images and dropout, "
-                 "so its accuracy runs below test")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
+    fig.suptitle("Train vs. test (mean over seeds; y zoomed to the last 60% of epochs): training sees augmented\n"
+                 "images and dropout, so its accuracy runs below test")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
@@ -156,8 +193,8 @@ def collect_misclassified(model, loader, limit=10):
 def curve_figures(runs):
     """{file stem: figure} of the graphs drawn from per-epoch metrics alone."""
     return {
-        "test_loss": plot_metric(runs, "test_loss", "Test loss per epoch",
-                                 "cross-entropy (mean over all test images)"),
+        "test_loss": plot_metric(runs, "test_loss", "Graph 1: test loss per epoch (log scale)",
+                                 "cross-entropy, mean over all 10,000 test images (log scale)", log=True),
         "test_accuracy": plot_accuracy(runs),
         "train_vs_test": plot_train_vs_test(runs),
     }
@@ -244,7 +281,10 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     sizes = sorted({e["batch_size"] for e in sweep["summary"]})
     seeds = max(len(e["seeds"]) for e in sweep["summary"])
     epochs = sweep["summary"][0]["epochs"]
-    error_ax.set(title=f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)",
+    title = (f"Test error, mean over {seeds} seeds (band: min-max)\nfilled markers: after {epochs} epochs; "
+             f"hollow: after as many steps as {epochs} epochs at batch 64" if equal_steps else
+             f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)")
+    error_ax.set(title=title,
                  xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
     plain_log_axis(error_ax)
     if costs:
@@ -336,36 +376,46 @@ MODE_STYLES = {None: "-", "running": "-", "test_batch": "--", "adapted": ":"}
 MODE_NAMES = {"test_batch": "test-batch statistics", "adapted": "statistics re-estimated on the shifted images"}
 
 
-def plot_shift(summary):
-    """One panel per shift: test error against severity, one line per variant (mean, min-max band).
+SHIFT_SERIES = (("gn", None), ("ln", None), ("bn_l1", "running"), ("bn_l1", "adapted"))  # the rest: the table
 
-    Severity 0 is the clean test set. BN models as deployed (running statistics) in solid lines,
-    with test-batch statistics dashed and with re-estimated statistics dotted.
+
+def plot_shift(summary):
+    """One panel per shift: test error against severity for GN, LN and BN+L1 (as deployed, and with its
+    statistics re-estimated on the shifted images); mean over seeds, min-max band.
+
+    Severity 0 is the clean test set. BN without L1 and the test-batch statistics are in the table only,
+    so that each panel stays readable at the width GitHub shows it.
     """
     from input_shifts import SHIFTS
     clean = [e for e in summary if e["shift"] == "clean"]
-    fig, axes = plt.subplots(3, 3, figsize=(15, 12), dpi=DPI, sharey=True)
+    fig, axes = plt.subplots(3, 3, figsize=(10, 10), dpi=DPI, sharey=True)
     for ax, name in zip(axes.flat, SHIFTS):
         entries = [e for e in summary if e["shift"] == name]
-        for key, mode in dict.fromkeys((e["variant"], e["bn_stats"]) for e in entries):
+        for key, mode in SHIFT_SERIES:
             line = sorted([e for e in clean + entries if (e["variant"], e["bn_stats"]) == (key, mode)],
                           key=lambda e: e["severity"])
+            if not line:
+                continue
             levels, acc = [e["severity"] for e in line], [e["test_acc"] for e in line]
-            label = VARIANTS[key].label + (f", {MODE_NAMES[mode]}" if mode in MODE_NAMES else "")
-            ax.plot(levels, [100 - a["mean"] for a in acc], MODE_STYLES[mode], marker="o", ms=3,
+            label = VARIANTS[key].label + (" as deployed" if mode == "running" else
+                                           ", statistics re-estimated on the shifted images" if mode else "")
+            ax.plot(levels, [100 - a["mean"] for a in acc], MODE_STYLES[mode], marker="o", ms=4,
                     color=VARIANTS[key].color, label=label)
-            if mode in (None, "running"):
-                ax.fill_between(levels, [100 - a["max"] for a in acc], [100 - a["min"] for a in acc],
-                                color=VARIANTS[key].color, alpha=0.12)
-        ax.set(title=name.replace("_", " "), xlabel="severity (0: clean test set)", xticks=range(4))
+            ax.fill_between(levels, [100 - a["max"] for a in acc], [100 - a["min"] for a in acc],
+                            color=VARIANTS[key].color, alpha=0.12)
+        ax.set_title(name.replace("_", " "), fontsize=12)
+        ax.set(xticks=range(4))
+        ax.tick_params(labelsize=10)
         plain_log_axis(ax)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[:, 0]:
-        ax.set_ylabel("test error (%, log scale)")
+        ax.set_ylabel("test error (%, log)", fontsize=11)
+    for ax in axes[-1]:
+        ax.set_xlabel("severity (0: clean)", fontsize=11)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=11, frameon=False)
     seeds = max(e["seeds"] for e in summary)
-    fig.suptitle(f"Test error on shifted test images, mean of {seeds} seeds (band: min-max, as deployed)")
+    fig.suptitle(f"Test error on shifted test images, mean of {seeds} seeds (band: min-max)", fontsize=13)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 

@@ -19,10 +19,15 @@ from pathlib import Path
 from lr_range import lr_range_table
 from norm_example import markdown as norm_example_markdown
 from shift import shift_table
-from study import summary_table
-from sweep import BASE_BATCH, EPOCHS, batch_size_table, best_rules, lr_rule_table
+from study import pairwise_table, summary_table
+from config import COMPARED, GN_FAMILY, VARIANTS
+from l1_weights import l1_weights_table
+from stats import ALPHA
+from study import pairwise
+from sweep import BASE_BATCH, EPOCHS, batch_size_table, best_rules, lr_rule_table, norm_key
 
-DOCS = ("README.md", "BENCHMARKS.md")
+DOCS = ("README.md", "BENCHMARKS.md", "docs/study.md", "docs/batch_size.md", "docs/learning_rate.md",
+        "docs/test_time.md", "docs/gn_family.md", "docs/many_runs.md", "docs/tests.md")
 BLOCK = re.compile(r"(<!-- BEGIN (\w+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
 
@@ -117,11 +122,12 @@ def compile_section(results, study_name="study_amd_epyc.json"):
 
 
 def batch_size_section(results):
+    """The sweep of BN, GN and LN (the norms added later, at fewer batch sizes, are on the GN-family page)."""
     sweep = read(results, "batch_size_sweep.json")
-    runs = sweep["runs"]
+    runs = [run for run in sweep["runs"] if norm_key(run) in COMPARED]
     first = runs[0]
     return "\n".join([
-        batch_size_table(sweep["summary"]), "",
+        batch_size_table([e for e in sweep["summary"] if e["norm"] in COMPARED]), "",
         f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
         f"({seeds_line(runs)}; mean ± std over seeds), {hardware_line(first)} per run; "
         f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
@@ -279,6 +285,101 @@ def workers_section(results):
             f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
 
 
+def seeds_section(results):
+    """The study's pairwise differences over every seed it holds, and where the seeds were trained."""
+    study = read(results, "study.json")
+    runs, summary = study["runs"], study["summary"]
+    fingerprints = {json.dumps(run.get("fingerprint"), sort_keys=True) for run in runs if "fingerprint" in run}
+    unprinted = sum("fingerprint" not in run for run in runs)
+    where = f"{machines(runs)}" + (f"; {len(fingerprints)} distinct fingerprint(s) among the runs that record one, "
+                                   f"{unprinted} runs from before fingerprints" if fingerprints else "")
+    pairs = pairwise(summary)
+    widest = max((p["detectable"] for p in pairs), default=float("nan"))
+    return "\n".join([
+        pairwise_table(summary), "",
+        f"From `results/study.json`: {len(runs)} runs ({seeds_line(runs)}); trained on {where}. "
+        f"{sum(p['separated'] for p in pairs)} of {len(pairs)} pairs have a {100 * (1 - ALPHA):.0f}% interval that "
+        f"excludes 0; these seeds could detect a true difference of about {widest:.2f} points or more "
+        f"(the largest of the pairs' detectable differences)."])
+
+
+def l1_weights_section(results):
+    l1 = read_if_run(results, "l1_weights.json", "python l1_weights.py")
+    if isinstance(l1, str):
+        return l1
+    bn, with_l1 = l1["layers"]["BN"], l1["layers"]["BN+L1"]
+
+    def apart(layer, key):  # the seeds' min-max ranges do not overlap
+        a, b = bn[layer][key]["values"], with_l1[layer][key]["values"]
+        return max(a) < min(b) or max(b) < min(a)
+    convs = [name for name in bn if name != "head"]
+    return "\n".join([
+        l1_weights_table(l1), "",
+        f"From `results/l1_weights.json` (seeds {', '.join(map(str, l1['seeds']))}, lambda {l1['l1_lambda']:g}): "
+        f"the L2 norm is separated between BN and BN+L1 in {sum(apart(n, 'l2') for n in convs)} of {len(convs)} "
+        f"normalized convs, the near-zero share in {sum(apart(n, 'near_zero_percent') for n in convs)} of {len(convs)}; "
+        f"the head's L2 norm is {'separated' if apart('head', 'l2') else 'not separated'}."])
+
+
+def no_norm_section(results):
+    """No normalization at the study's recipe, beside the study's variants; its LR range and sweep points."""
+    none = read_if_run(results, "study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")
+    if isinstance(none, str):
+        return none
+    study = read(results, "study.json")["summary"]
+    return "\n".join([
+        summary_table({**none["summary"], **study}), "",
+        f"From `results/study_none.json` ({len(none['runs'])} runs, {seeds_line(none['runs'])}, "
+        f"{hardware_line(none['runs'][0])}) and `results/study.json` (every seed it holds)."])
+
+
+def gn_family_section(results):
+    """Test accuracy against the number of groups (LN 1, GN(2) 2, GN 4, IN one per channel) at each batch size."""
+    sweep = read(results, "batch_size_sweep.json")
+    entries = {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
+    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
+    if not sizes:
+        return "Not run yet: `python sweep.py --norms gn2 in --batch-sizes 2 8 64 512` adds them to `results/batch_size_sweep.json`."
+    from sweep import acc_cell
+    lines = ["| batch | epochs | " + " | ".join(f"{VARIANTS[n].label} ({GROUPS[n]})" for n in GN_FAMILY) + " |",
+             "|---:|---:|" + "---:|" * len(GN_FAMILY)]
+    for b in sizes:
+        lines.append(f"| {b} | {entries[('gn2', b)]['epochs'] if ('gn2', b) in entries else '-'} | "
+                     + " | ".join(acc_cell(entries.get((n, b))) for n in GN_FAMILY) + " |")
+    runs = [run for run in sweep["runs"] if norm_key(run) in ("gn2", "in")]
+    return "\n".join(lines + ["", f"Test accuracy %, mean ± std over seeds, from `results/batch_size_sweep.json` "
+                               f"(the sweep's recipe: 3 epochs, peak LR 0.01). GN(2) and IN: {len(runs)} runs "
+                               f"({seeds_line(runs)}), {hardware_line(runs[0])}; LN and GN are the sweep's own runs."])
+
+
+def model_section(results):
+    """The network's blocks, output shapes and parameters, computed from model.Net (BN; GN, LN and IN count the same)."""
+    import torch  # the one section that builds the model
+    from torch import nn
+
+    from model import Net, count_parameters
+    model, x = Net("bn").eval(), torch.zeros(1, 1, 28, 28)
+    lines = ["| block | output (C, H, W) | parameters |", "|---|---|---:|"]
+    with torch.no_grad():
+        for layer in [*model.features, model.head]:
+            x = layer(x)
+            if isinstance(layer, nn.Sequential):
+                k = layer[0].kernel_size[0]
+                lines.append(f"| conv {k}x{k} → norm → ReLU | {', '.join(map(str, x.shape[1:]))} | "
+                             f"{sum(p.numel() for p in layer.parameters()):,} |")
+            elif not isinstance(layer, nn.Conv2d):  # pooling and dropout: no parameters, noted on the row above
+                note = {"MaxPool2d": "then max-pool 2x2", "Dropout": "then dropout",
+                        "AdaptiveAvgPool2d": "then global average pool"}[type(layer).__name__]
+                row = lines[-1].split(" | ")
+                lines[-1] = " | ".join([f"{row[0]}, {note}", ", ".join(map(str, x.shape[1:])), row[2]])
+    lines.append(f"| head: conv 1x1 with bias | 10 logits | {sum(p.numel() for p in model.head.parameters()):,} |")
+    lines.append(f"| **total** | | **{count_parameters(model):,}** |")
+    return "\n".join(lines)
+
+
+GROUPS = {"ln": "1 group", "gn2": "2 groups", "gn": "4 groups", "in": "1 channel per group"}
+
+
 # block name -> the function that writes it
 SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": study_section, "L1_SWEEP": l1_sweep_section,
             "SPEED_SUMMARY": speed_summary_section,
@@ -286,7 +387,9 @@ SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": 
             "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section,
             "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "OWN_LR": own_lr_section,
             "SHIFT": shift_section,
-            "INFERENCE": inference_section, "WORKERS": workers_section}
+            "INFERENCE": inference_section, "WORKERS": workers_section,
+            "SEEDS": seeds_section, "L1_WEIGHTS": l1_weights_section, "NO_NORM": no_norm_section,
+            "GN_FAMILY": gn_family_section, "MODEL": model_section}
 
 
 def blocks(text):

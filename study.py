@@ -11,6 +11,7 @@ import numpy as np
 
 from config import VARIANTS, config_from_record, variant_key
 from runner import run_configs
+from stats import ALPHA, POWER, welch
 
 STUDY_VARIANTS = ("gn", "ln", "bn_l1")  # the mission's three; "bn" (no L1) is the control of the shift study
 TARGET_ACC = 99.4  # percent; the accuracy goal the summary tracks
@@ -105,3 +106,21 @@ def curve_summary(curves):
     reached = np.flatnonzero(mean_curve >= TARGET_ACC)
     return {"best_epoch_mean": float(mean_curve.max()), "last5_min_of_mean": float(mean_curve[-5:].min()),
             "first_epoch_mean_reaches_target": int(reached[0]) + 1 if len(reached) else None}
+
+
+def pairwise(summary):
+    """Every pair of variants: Welch's difference of mean final test accuracy over seeds (stats.welch)."""
+    labels = [label for label, s in summary.items() if len(s["final_test_acc"]) > 1]
+    return [{"a": a, "b": b, **welch(summary[a]["final_test_acc"], summary[b]["final_test_acc"])}
+            for i, a in enumerate(labels) for b in labels[i + 1:]]
+
+
+def pairwise_table(summary):
+    """Markdown: each pair's difference of means, its 95% Welch interval, and the smallest difference detectable."""
+    lines = [f"| pair | seeds | difference of means, points | {100 * (1 - ALPHA):.0f}% interval (Welch) | excludes 0 "
+             f"| smallest detectable difference ({100 * POWER:.0f}% power) |", "|---|---:|---:|---:|---|---:|"]
+    for p in pairwise(summary):
+        seeds = f"{len(summary[p['a']]['final_test_acc'])} + {len(summary[p['b']]['final_test_acc'])}"
+        lines.append(f"| {p['a']} - {p['b']} | {seeds} | {p['difference']:+.3f} | {p['low']:+.3f} to {p['high']:+.3f} "
+                     f"| {'yes' if p['separated'] else 'no'} | {p['detectable']:.3f} |")
+    return "\n".join(lines)

@@ -143,7 +143,7 @@ def full_disk_after(monkeypatch, good_writes):
 
 # the study's figures: file stem -> (width, height) in pixels
 STUDY_FIGURES = {
-    "test_loss": (960, 600), "test_accuracy": (1680, 600), "train_vs_test": (1320, 960),
+    "test_loss": (960, 720), "test_accuracy": (1680, 780), "train_vs_test": (1320, 960),
     "misclassified_gn": (600, 1440), "misclassified_ln": (600, 1440), "misclassified_bn_l1": (600, 1440),
 }
 

@@ -36,11 +36,15 @@ def fake_runs(seeds=2, epochs=5):
 def test_accuracy_graph_is_annotated_zoomed_and_shows_every_epoch():
     fig = plot_accuracy(fake_runs())
     ax, whole = fig.axes
-    assert ax.get_title() == "Test accuracy per epoch (zoomed to the last epochs)"
+    # the zoom leaves out epochs whose mean lies below it, and the title says which
+    assert ax.get_title() == ("Graph 2: test accuracy per epoch (zoomed to the last epochs)\n"
+                              "(the mean of epochs 1-2 lies outside this axis; see the right panel)")
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "accuracy (%)"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend[2] == "BN+L1 (7,410 params, mean of 2 seeds): final 99.41%, best 99.41%"
+    assert legend[2] == "BN+L1 (7,410 params): final 99.41%, best 99.41%"
+    assert legend[3] == "band: min-max over 2 seeds (line: their mean)"  # the seed band has its legend entry
     assert [t.startswith(v) for t, v in zip(legend, ["GN", "LN", "BN+L1"])] == [True] * 3
+    assert ax.get_legend().get_bbox_to_anchor().y1 < ax.get_window_extent().y0  # below the axes: covers no data
     assert {t.get_text() for t in ax.texts} == {"99.21%", "99.31%", "99.41%"}  # final values on the plot
     low, high = ax.get_ylim()
     assert 99.0 < low < 99.2 and high <= 100  # zoomed to the last 60% of epochs
@@ -58,15 +62,29 @@ def test_every_variant_keeps_its_colour():
 
 def test_loss_graph_labels():
     ax = plot_metric(fake_runs(seeds=1), "test_loss", "Test loss per epoch", "cross-entropy").axes[0]
-    assert ax.get_title() == "Test loss per epoch" and ax.get_ylabel() == "cross-entropy"
-    assert ax.get_legend().get_texts()[0].get_text() == "GN (7,410 params): final 0.0460, best 0.0460"
+    assert ax.get_title() == "Test loss per epoch\n(the mean of epochs 1-2 lies outside this axis)"
+    assert ax.get_ylabel() == "cross-entropy"
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "GN (7,410 params): final 0.0460, best 0.0460"
+    assert len(ax.get_legend().get_texts()) == 3  # one seed: no band, no band entry
+
+
+def test_loss_graph_on_a_log_axis_shows_every_epoch():
+    ax = plot_metric(fake_runs(), "test_loss", "Graph 1", "cross-entropy", log=True).axes[0]
+    assert ax.get_yscale() == "log" and ax.get_title() == "Graph 1"  # nothing left out, nothing to say
+    low, high = ax.get_ylim()
+    assert all(low <= y <= high for line in ax.get_lines() for y in line.get_ydata())
+
+
+def test_epoch_ranges_and_log_ticks():
+    assert plots.epoch_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert [plots.leading_digit(v) for v in (0.02, 20.0, 5e-5, 1.0)] == [2, 2, 5, 1]
 
 
 def test_train_vs_test_panel_has_four_labelled_axes():
     fig = plot_train_vs_test(fake_runs())
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["train loss", "test loss", "train accuracy", "test accuracy"]
-    assert all(len(ax.get_legend().get_texts()) == 3 for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["GN", "LN", "BN+L1"]  # one legend, below
 
 
 def test_misclassified_grid_tiles_say_true_and_predicted():
@@ -116,7 +134,7 @@ def test_plots_redraws_every_figure_from_committed_files(tiny_mnist, tmp_path):
     optimizers = {e["optimizer"] for e in json.loads((ROOT / "results" / "lr_range.json").read_text())["summary"]}
     check_figures(tmp_path / "figures", {**STUDY_FIGURES, "batch_size": (1680, 660),
                                          "lr_range": (840 * len(optimizers), 600),  # a panel per optimizer
-                                         "shift": (1800, 1440), "shift_examples": (720, 1728)})
+                                         "shift": (1200, 1200), "shift_examples": (720, 1728)})
 
 
 def test_plots_names_missing_weights(tiny_mnist, tmp_path, capsys):
@@ -177,6 +195,8 @@ def test_batch_size_plot_shows_equal_steps_with_hollow_markers():
     assert [line.get_color() for line in hollow] == ["tab:red", "tab:blue"]  # each norm's colour
     filled = [line for line in error_ax.get_lines() if line.get_markerfacecolor() != "white"]
     assert len(filled) == 5 and all(line.get_marker() == "o" for line in filled)
+    assert error_ax.get_title() == ("Test error, mean over 3 seeds (band: min-max)\nfilled markers: after 3 epochs; "
+                                    "hollow: after as many steps as 3 epochs at batch 64")  # true for both kinds
 
 
 def test_redraw_batch_size_reads_the_sweep_equal_steps_and_costs_files(tmp_path):

@@ -1,4 +1,5 @@
 """report.py: the docs quote the committed result files word for word; every generated block is current."""
+import re
 import shutil
 
 import pytest
@@ -25,6 +26,7 @@ def test_generated_block_is_current(name):
 def docs_copy(folder):
     """The docs copied into `folder` and brought up to date (whether the committed ones are is tested above)."""
     for doc in report.DOCS:
+        (folder / doc).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / doc, folder / doc)
     report.write(folder, RESULTS)
     return folder
@@ -55,3 +57,52 @@ def test_steps_line_counts_full_batches_only():
     assert report.steps_line(runs) == "2,808 at 128, 2,808 at 512 against 2,811 at 64"  # 468 x 6, 117 x 24; 937 x 3
     held_out = [{"config": {"batch_size": 100, "epochs": 2, "val_split": 10_000, "train_subset": 0}}]
     assert report.steps_line(held_out).startswith("1,000 at 100")
+
+
+# the generated blocks the README held before it was split into pages: each lives on some page now
+BLOCKS_OF_THE_OLD_README = ("RESULTS", "BATCH_SIZE", "LR_RULE", "EQUAL_STEPS", "OWN_LR", "LR_RANGE", "SHIFT",
+                            "NORM_EXAMPLE", "L1_SWEEP", "SPEED_SUMMARY")
+BLOCKS_OF_BENCHMARKS = ("SPEED", "LEVERS", "COMPILE", "NORM_COSTS", "WORKERS", "INFERENCE")
+
+
+def test_no_generated_block_was_lost():
+    found = doc_blocks()
+    assert set(BLOCKS_OF_THE_OLD_README + BLOCKS_OF_BENCHMARKS) <= set(found)
+    assert all(found[name][0] == "BENCHMARKS.md" for name in BLOCKS_OF_BENCHMARKS)
+
+
+def test_the_readme_is_short_and_begins_each_assignment_item_in_its_first_half():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250
+    for needed in ("## The model", "## How the three normalizations are computed", "<!-- BEGIN NORM_EXAMPLE -->",
+                   "*Graph 1:", "*Graph 2:", "misclassified_bn_l1.png", "**Findings at batch 64**"):
+        line = next(i for i, text in enumerate(lines) if needed in text)
+        assert line < len(lines) / 2, (needed, line, len(lines))
+
+
+def slug(heading):
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path):
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {slug(m[1]) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
+def test_slug_follows_github():
+    assert slug("The study at batch 64: GN, LN and BN+L1 over ten seeds") == "the-study-at-batch-64-gn-ln-and-bnl1-over-ten-seeds"
+    assert slug("No normalization at the study's recipe") == "no-normalization-at-the-studys-recipe"
+
+
+@pytest.mark.parametrize("doc", report.DOCS)
+def test_every_relative_link_and_anchor_resolves(doc):
+    path = ROOT / doc
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        assert resolved.exists(), f"{doc}: {target} does not exist"
+        if anchor:
+            assert anchor in anchors(resolved), f"{doc}: no heading for #{anchor} in {resolved.name}"

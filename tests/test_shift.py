@@ -111,7 +111,7 @@ def test_shift_py_writes_results_and_both_figures_from_saved_models(tiny_mnist, 
         clean = next(r for r in rows if (r["variant"], r["shift"], r["bn_stats"]) == (key, "clean", r["bn_stats"])
                      and r["bn_stats"] in (None, "running"))
         assert clean["test_acc"] == run["epochs"][-1]["test_acc"], key
-    check_figures(tmp_path / "images", {"shift": (1800, 1440), "shift_examples": (720, 1728)})
+    check_figures(tmp_path / "images", {"shift": (1200, 1200), "shift_examples": (720, 1728)})
     assert "| shift | severity |" in shift.shift_table(written["summary"])
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from config import STUDY_L1, VARIANTS, Config, run_label
-from study import STUDY_VARIANTS, TARGET_ACC, results_file, run_key, study_configs, summarize, summary_table
+from study import STUDY_VARIANTS, TARGET_ACC, results_file, run_key, study_configs, summarize, summary_table, pairwise_table
 
 
 def test_study_configs_are_seed_major_with_the_study_lambda():
@@ -71,3 +71,12 @@ def test_diverged_runs_are_summarized_apart():
     nothing = summarize([early])["none"]
     assert nothing["mean"] is None and nothing["last5_min_of_mean"] is None and nothing["mean_seconds_per_epoch"] is None
     assert "every seed diverged" in summary_table({"none": nothing})
+
+
+def test_pairwise_table_of_known_samples():
+    runs = [study_run(label, {"norm": norm, "seed": seed}, [acc])
+            for label, norm, accs in (("GN", "gn", [99.5, 99.6, 99.7]), ("LN", "ln", [99.2, 99.3, 99.4]))
+            for seed, acc in enumerate(accs)]
+    [line] = pairwise_table(summarize(runs)).splitlines()[2:]
+    # difference 0.3, se = sqrt(0.01/3 + 0.01/3) = 0.0816, df = 4, t(0.975, 4) = 2.776, t(0.8, 4) = 0.941
+    assert line == "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | 0.304 |"

@@ -1,0 +1,100 @@
+"""What an L1 penalty does behind a norm, measured on the committed BN and BN+L1 weights (no training).
+
+    python l1_weights.py            # writes results/l1_weights.json and prints the table
+
+Each of the seven convs is followed by BatchNorm and has no bias, so scaling its weights by any
+c > 0 leaves the network's output unchanged (tests/test_model.py checks it): the penalty cannot make
+these weights "smaller" in any sense the network sees. What it can change is their norm (which
+BN divides out) and how many of them are near zero within their layer (a scale-free sparsity:
+the share of |w| below SPARSE_FRACTION of the layer's largest |w|). Only the head, a 1x1 conv that
+no norm follows, is regularized in the usual sense: its norm is reported apart.
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from config import STUDY_L1
+from system import save_json
+
+SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
+SEEDS = (0, 1, 2)
+RESULTS = "results/l1_weights.json"
+VARIANT_FILES = {"BN": "bn_seed{seed}.pt", "BN+L1": "bn_l1_seed{seed}.pt"}
+
+
+def conv_weights(state):
+    """{layer name: weight} of every conv in a saved Net state_dict, the head last."""
+    return {name.removesuffix(".weight"): w for name, w in state.items() if name.endswith(".weight") and w.dim() == 4}
+
+
+def layer_measures(weight):
+    """L2 norm, L1 norm, and the share of weights below SPARSE_FRACTION of the largest |w| (percent)."""
+    w = weight.abs().flatten()
+    return {"l2": float(w.norm()), "l1": float(w.sum()), "numel": w.numel(),
+            "near_zero_percent": 100.0 * float((w < SPARSE_FRACTION * w.max()).float().mean())}
+
+
+def measure(models_dir, seeds=SEEDS):
+    """Per variant and layer: each seed's measures, and their mean and std over seeds."""
+    out = {}
+    for variant, pattern in VARIANT_FILES.items():
+        per_seed = []
+        for seed in seeds:
+            path = Path(models_dir) / pattern.format(seed=seed)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: train it with `python main.py --norm all` "
+                                        f"(BN+L1) or the shift study's BN control (study_bn.json)")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            per_seed.append({name: layer_measures(w) for name, w in conv_weights(state).items()})
+        layers = list(per_seed[0])
+        out[variant] = {layer: {key: spread([s[layer][key] for s in per_seed])
+                                for key in ("l2", "l1", "near_zero_percent")} | {"numel": per_seed[0][layer]["numel"]}
+                        for layer in layers}
+    return {"seeds": list(seeds), "l1_lambda": STUDY_L1, "sparse_fraction": SPARSE_FRACTION, "layers": out}
+
+
+def spread(values):
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def layer_label(name, index):
+    return "head (no norm)" if name == "head" else f"conv {index + 1}"
+
+
+def l1_weights_table(result):
+    """Markdown: per layer, BN and BN+L1 weight norm and near-zero share, mean ± std over seeds."""
+    bn, l1 = result["layers"]["BN"], result["layers"]["BN+L1"]
+    percent = f"{100 * result['sparse_fraction']:g}%"
+    lines = [f"| layer | weights | L2 norm, BN | L2 norm, BN+L1 | ratio | |w| < {percent} of max, BN "
+             f"| |w| < {percent} of max, BN+L1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for index, name in enumerate(bn):
+        a, b = bn[name], l1[name]
+        lines.append(f"| {layer_label(name, index)} | {a['numel']:,} | {a['l2']['mean']:.2f} ± {a['l2']['std']:.2f} "
+                     f"| {b['l2']['mean']:.2f} ± {b['l2']['std']:.2f} | {b['l2']['mean'] / a['l2']['mean']:.2f} "
+                     f"| {a['near_zero_percent']['mean']:.1f} ± {a['near_zero_percent']['std']:.1f}% "
+                     f"| {b['near_zero_percent']['mean']:.1f} ± {b['near_zero_percent']['std']:.1f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="results/models", help="folder of the saved weights")
+    p.add_argument("--results", default=RESULTS, help="the JSON file to write")
+    args = p.parse_args(argv)
+    try:
+        result = measure(args.models)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    save_json(result, args.results)
+    print(l1_weights_table(result))
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
