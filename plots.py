@@ -222,6 +222,15 @@ def study_figures(results_dir, data_dir, name="study.json"):
     return figures
 
 
+def png(fig):
+    """The figure as PNG bytes at the fixed DPI: a notebook shows them with IPython.display.Image(data=...),
+    which GitHub renders in the saved notebook (a closed figure passed to display() is saved as text only)."""
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
 def save_figures(figures, images_dir):
     """Write each figure as images_dir/<stem>.png at the fixed DPI; returns the paths."""
     images_dir = Path(images_dir)

@@ -335,8 +335,8 @@ def no_norm_section(results):
 
 def gn_family_section(results):
     """Test accuracy against the number of groups (LN 1, GN(2) 2, GN 4, IN one per channel) at each batch size."""
-    sweep = read(results, "batch_size_sweep.json")
-    entries = {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
+    sweep = read_if_run(results, "batch_size_sweep.json", "python sweep.py")
+    entries = {} if isinstance(sweep, str) else {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
     sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
     if not sizes:
         return "Not run yet: `python sweep.py --norms gn2 in --batch-sizes 2 8 64 512` adds them to `results/batch_size_sweep.json`."
