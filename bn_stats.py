@@ -6,6 +6,7 @@ Used by the batch-size sweep (BN's train/test gap) and the shift study (statisti
 import copy
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 import torch.nn as nn
 
 from data import DeviceLoader, eval_batch_size
@@ -88,8 +89,9 @@ def folded(model):
     """A copy of `model` in eval mode with every BatchNorm folded into the conv before it.
 
     BN at test time is a fixed per-channel affine map, y = (x - mean) / sqrt(var + eps) * gamma + beta,
-    so conv followed by BN is one conv with scaled weights and a bias: the BN layer disappears.
-    GN and LN can't be folded: their statistics depend on each image.
+    so conv followed by BN is one conv with scaled weights and a bias (torch's
+    `fuse_conv_bn_eval`): the BN layer disappears. GN and LN can't be folded: their statistics
+    depend on each image.
     """
     model = copy.deepcopy(model).eval()
     for block in model.modules():
@@ -97,11 +99,5 @@ def folded(model):
             for i in range(len(block) - 1):
                 conv, bn = block[i], block[i + 1]
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                      conv.padding, conv.dilation, conv.groups, bias=True)
-                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-                    block[i], block[i + 1] = fused, nn.Identity()
+                    block[i], block[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return model

@@ -16,7 +16,8 @@ from model import NORMS, WIDTHS
 from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command
 from study import STUDY_VARIANTS, results_file, run_study, summary_table
 from system import RunFolderError, WriteError, check_output_dir, keep_freed_memory, new_run_dir
-from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, read_run_folder
+from run_folder import read_run_folder
+from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device
 
 
 

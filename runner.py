@@ -29,8 +29,8 @@ from config import config_from_record, run_label, run_name, same_run
 from data import DataError, ensure_mnist, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
 from model import Net, count_parameters
-from utils import (Interrupted, NonFiniteLoss, WriteFailed, continue_or_new_run_dir, fit, get_device,
-                   where_it_runs)
+from run_folder import continue_or_new_run_dir
+from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, where_it_runs
 
 MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
 OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
@@ -121,12 +121,12 @@ def start_ray(workers, address):
     """Join the cluster at `address`, or start an embedded one with `workers` CPUs; returns the ray module."""
     import ray  # imported only here: a single run and the notebook never need it
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
     if ray.is_initialized():
         return ray
-    if address:
+    if address:  # someone else's cluster: its authentication settings are left as they are
         ray.init(address=address, log_to_driver=False, logging_level="warning")
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                  log_to_driver=False, logging_level="warning")
     return ray

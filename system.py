@@ -14,7 +14,7 @@ import torch
 
 try:
     import fcntl
-except ImportError:  # Windows: no OS file locks here; runs still work, shards must not share a file
+except ImportError:  # Windows: no OS file locks here; runs still work, two processes must not share a run
     fcntl = None
 
 
@@ -74,19 +74,6 @@ def check_output_dir(path, flag):
         raise RunFolderError(f"{flag} {path} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunFolderError(f"{flag} {path}: {existing} is not writable for this user; pass another folder")
-
-
-@contextmanager
-def locked(path):
-    """Hold an exclusive OS lock on `path` (created if missing) for the block; waits for other holders."""
-    with open(path, "a") as file:
-        if fcntl:
-            fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl:
-                fcntl.flock(file, fcntl.LOCK_UN)
 
 
 @contextmanager
