@@ -1,11 +1,16 @@
 """Every name and default in one place: the settings of a run (`Config`), the variants compared, run names.
 
-A fourth normalization is added in model.py (`NORMS`, `norm_layer`) and here (`VARIANTS`); the
-CLI's choices, the tables and the figures derive from these two.
+A fourth normalization is added here (`NORMS`, `VARIANTS`) and in model.py (`norm_layer`); the CLI's
+choices, the tables and the figures derive from these. No torch here: a command line parses its
+flags (and answers --help or a bad flag) before torch is imported.
 """
+import os
 from dataclasses import asdict, dataclass, fields
 
-from model import GN_GROUPS, NORMS
+NORMS = ("bn", "gn", "ln", "in", "none")  # model.norm_layer builds each
+GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
+WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
+DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
 
 
 @dataclass
@@ -59,6 +64,7 @@ assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry (label, c
 # the variants without L1, in the order of every table and figure; the experiments' --norms choices
 PLAIN = ("bn", "gn", "ln", "gn2", "in", "none")
 assert set(PLAIN) == {key for key in VARIANTS if not key.endswith("_l1")}
+STUDY_VARIANTS = ("gn", "ln", "bn_l1")  # the mission's three; "bn" (no L1) is the control of the shift study
 COMPARED = ("bn", "gn", "ln")  # what the sweep and the LR range run unless --norms says otherwise
 GN_FAMILY = ("ln", "gn2", "gn", "in")  # GroupNorm from 1 group (LN) to one channel per group (IN)
 
@@ -131,3 +137,8 @@ def config_from_record(record):
     """The Config of a recorded run's config dict; fields added since it was written take their defaults."""
     known = {f.name for f in fields(Config)}
     return Config(**{k: v for k, v in record.items() if k in known})
+
+
+def default_data_dir():
+    """$MNIST_DATA_DIR if set, else ./data."""
+    return os.environ.get(DATA_DIR_ENV, "data")

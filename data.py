@@ -1,15 +1,15 @@
 """MNIST as tensors on the training device: loading, checks, batched augmentation, batching."""
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision import datasets
 
+from config import DATA_DIR_ENV, default_data_dir  # noqa: F401  (callers import default_data_dir from here too)
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
 # kind -> (file suffix, magic number, header bytes, bytes per item) of the raw MNIST files
 RAW_FILES = {
     "images": ("images-idx3-ubyte", 2051, 16, 28 * 28),
@@ -19,11 +19,6 @@ RAW_FILES = {
 
 class DataError(Exception):
     """MNIST could not be found, downloaded or read; the message says what to do."""
-
-
-def default_data_dir():
-    """$MNIST_DATA_DIR if set, else ./data."""
-    return os.environ.get(DATA_DIR_ENV, "data")
 
 
 def eval_batch_size(device):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from config import COMPARED, OPTIMIZERS, PLAIN, VARIANTS, Config, config_from_record, variant_key
 from data import default_data_dir
-from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command, run_configs
+from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from runner import run_command, run_configs
 
 SEEDS = (0, 1, 2)
 EPOCHS = 3

@@ -10,14 +10,11 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from config import IDENTITY, OPTIMIZERS, STUDY_L1, VARIANTS, Config, run_name
-from data import DATA_DIR_ENV, DataError, default_data_dir, load_mnist
-from model import NORMS, WIDTHS
-from runner import PATHS_NOTE, add_engine_flags, check_engine_args, run_command
-from study import STUDY_VARIANTS, results_file, run_study, summary_table
-from system import RunFolderError, WriteError, check_output_dir, keep_freed_memory, new_run_dir
-from run_folder import read_run_folder
-from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device
+from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from config import (DATA_DIR_ENV, IDENTITY, NORMS, OPTIMIZERS, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS, Config,
+                    default_data_dir, run_name)
+# torch, torchvision and Ray are imported inside the functions that use them, after the flags are checked:
+# --help and a bad flag are answered without them, in well under a second
 
 
 
@@ -97,6 +94,7 @@ def resume_config(parser, args, given):
     A flag contradicts the run when it sets a field of the run's identity (config.IDENTITY) to another
     value; --device and --data-dir say where the run continues and may differ.
     """
+    from run_folder import read_run_folder
     if not (Path(args.resume) / "metrics.json").exists() and not (Path(args.resume) / "checkpoint.pt").exists():
         parser.error(f"--resume {args.resume}: no metrics.json there, so nothing to resume")
     if args.norm == "all" or args.seeds:
@@ -114,6 +112,7 @@ def resume_config(parser, args, given):
 
 def check_outputs(args):
     """RunFolderError, before anything is trained or written, for output folders that can't be used."""
+    from system import check_output_dir
     folders = [(args.resume or args.out, "--resume" if args.resume else "--out")]
     if args.norm == "all":
         folders += [(args.results, "--results"), (args.images, "--images")]
@@ -122,6 +121,8 @@ def check_outputs(args):
 
 
 def run_one(config, splits, args):
+    from system import new_run_dir
+    from utils import fit
     run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, run_name(config), args.overwrite)
     print(f"run {run_dir}: {config.norm.upper()} l1={config.l1} seed={config.seed} on {splits['train'][0].device}")
     metrics, _ = fit(config, splits, run_dir, progress=not args.no_progress)
@@ -131,6 +132,8 @@ def run_one(config, splits, args):
 
 def study(config, args):
     """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote."""
+    from runner import run_command
+    from study import results_file, run_study, summary_table
     engine = dict(out=args.out, workers=args.workers, address=args.address, gpus_per_run=args.gpus_per_run)
     seeds = args.seeds or [config.seed]
     base = replace(config, l1=0.0)  # --l1 sets the lambda of the variants with L1 only
@@ -149,6 +152,9 @@ def study(config, args):
 
 def train(args, config):
     """Load the data and train one run per seed."""
+    from data import load_mnist
+    from system import keep_freed_memory
+    from utils import get_device
     device = get_device(config.device)
     if device.type == "cpu":
         keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
@@ -159,6 +165,8 @@ def train(args, config):
 
 def error_message(error):
     """(exit code, what to print) for an error that ends the program without a traceback."""
+    from system import WriteError
+    from utils import Interrupted, NonFiniteLoss, WriteFailed
     resume = f"python main.py --resume {getattr(error, 'run_dir', '')}"
     if isinstance(error, NonFiniteLoss):
         return 3, (f"error: training stopped: non-finite loss in {error}. The learning rate (--lr) or the L1 "
@@ -179,6 +187,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_engine_args(parser, args)
+    from data import DataError
+    from system import RunFolderError, WriteError
+    from utils import Interrupted, NonFiniteLoss, WriteFailed, get_device
     try:
         if args.resume:
             config, done = resume_config(parser, args, given_flags(parser, argv, args))

@@ -3,9 +3,7 @@ from functools import partial
 
 import torch.nn as nn
 
-NORMS = ("bn", "gn", "ln", "in", "none")
-GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
-WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
+from config import GN_GROUPS, NORMS, WIDTHS  # noqa: F401  (the names live in config.py, without torch)
 
 
 def norm_layer(norm, channels, gn_groups=GN_GROUPS):

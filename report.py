@@ -49,8 +49,9 @@ def study_section(results):
     seconds = {label: s["mean_seconds_per_epoch"] for label, s in study["summary"].items()}
     return "\n".join([
         summary_table(study["summary"]), "",
-        f"From `results/study.json`: {len(study['runs'])} runs of {len(first['epochs'])} epochs, "
-        f"{hardware_line(first)}; mean seconds per epoch (train + test) "
+        f"From `results/study.json`: {len(study['runs'])} runs of {len(first['epochs'])} epochs ({seeds_line(study['runs'])}), "
+        f"device `{first['device']}`, torch {first['torch']}, 1 torch thread per run, on {machines(study['runs'])}; "
+        f"mean seconds per epoch (train + test, two runs sharing the 2 cores) "
         + ", ".join(f"{label} {s:.1f}" for label, s in seconds.items()) + ".",
     ])
 

@@ -240,27 +240,6 @@ def continue_command():
     return shlex.join(["python", *sys.argv])
 
 
-PATHS_NOTE = "Relative paths (--out, --results, --images, --data-dir) are relative to the working folder."
-
-
-def add_engine_flags(parser):
-    """--workers, --address and --gpus-per-run, the same for every multi-run command."""
-    add = parser.add_argument
-    add("--workers", type=int, default=os.cpu_count() or 1,
-        help="runs at a time, one CPU and one torch thread each (1: in this process, without Ray)")
-    add("--address", default=None,
-        help="join this Ray cluster instead of starting one ('auto': the one `ray start` started on this machine)")
-    add("--gpus-per-run", type=float, default=None,
-        help="share of a GPU each run asks Ray for when training on a GPU (unset: 0.25)")
-
-
-def check_engine_args(parser, args):
-    if args.workers < 1:
-        parser.error("--workers must be >= 1")
-    if args.gpus_per_run is not None and not 0 < args.gpus_per_run <= 1:
-        parser.error("--gpus-per-run must be in (0, 1]")
-
-
 def run_command(run, results, data_dir, device):
     """Check the data here, call `run()` (which calls run_configs), and turn its errors into an exit code."""
     try:

@@ -25,7 +25,8 @@ from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch
 from config import VARIANTS
 from data import DataError, DeviceLoader, default_data_dir, eval_batch_size, load_mnist_split, normalize
 from input_shifts import LEVELS, SHIFTS, shifted
-from runner import PATHS_NOTE, add_engine_flags, check_engine_args, map_tasks
+from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from runner import map_tasks
 from study import STUDY_VARIANTS, results_file, run_key
 from system import WriteError, cpu_name, save_json
 from utils import evaluate
