@@ -13,11 +13,11 @@ from matplotlib.ticker import FuncFormatter
 import numpy as np
 import torch
 
-from config import VARIANTS, config_from_record, run_name, variant_key
+from config import VARIANTS, config_from_record, variant_key
 from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, eval_batch_size,
                   load_mnist_split, to_device)
-from model import Net
 from study import by_variant
+from runner import load_model, model_path  # noqa: F401  (the one home of saved weights)
 from system import WriteError, atomic_write
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
@@ -457,21 +457,6 @@ def redraw_shift(results_path, images_dir, data_dir):
 
 
 # ---- redrawing from committed files ----------------------------------------------------
-def model_path(models_dir, run):
-    """Where the runner saved a run's final weights: models_dir/<run name>.pt."""
-    return Path(models_dir) / f"{run_name(config_from_record(run['config']))}.pt"
-
-
-def load_model(path, config):
-    """The Net of a run's `config` (a dict) with the weights saved at `path`, in eval mode on the CPU."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} is missing: the figures need the saved weights of the first seed of each "
-                                f"variant (see README, Results)")
-    model = Net(config["norm"], config["gn_groups"], config["dropout"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
 def redraw_study(results_dir, out, data_dir):
     """The study's figures into `out`; returns their paths."""
     figures = study_figures(results_dir, data_dir)

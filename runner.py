@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import config_from_record, run_label, run_name, same_run
+from config import Config, config_from_record, run_label, run_name, same_run
 from data import DataError, ensure_mnist, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
 from model import Net, count_parameters
@@ -62,6 +62,23 @@ def record(path, run, summarize, order):
     runs = sorted(runs + [run], key=order) if order else runs + [run]
     save_json({"summary": summarize(runs), "runs": runs}, path)
     return runs
+
+
+# ---- saved weights ------------------------------------------------------------------------------
+def model_path(models_dir, run):
+    """Where the runner saves a run's final weights: models_dir/<run name>.pt (`run`: a record or a Config)."""
+    config = run if isinstance(run, Config) else config_from_record(run["config"])
+    return Path(models_dir) / f"{run_name(config)}.pt"
+
+
+def load_model(path, config):
+    """The Net of a run's `config` (a dict) with the weights saved at `path`, in eval mode on the CPU."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing: the figures need the saved weights of the first seed of each "
+                                f"variant (see README: the study at batch 64)")
+    model = Net(config["norm"], config["gn_groups"], config["dropout"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 # ---- one run: what a worker does ----------------------------------------------------------------
@@ -216,7 +233,7 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
                     else:
                         if models_dir is not None and weights is not None:  # first: a recorded run always has weights
                             Path(models_dir).mkdir(parents=True, exist_ok=True)
-                            save_torch(weights, Path(models_dir) / f"{run_name(config)}.pt")
+                            save_torch(weights, model_path(models_dir, config))
                         runs = record(results, run, summarize, order)
                         write(done_line(config, run))
                     bar.update()

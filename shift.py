@@ -44,7 +44,7 @@ def conditions():
 
 def saved_models(results_dir):
     """(variant key, seed, config, weights path) of every run in the studies' results files."""
-    from plots import model_path  # the one rule for where weights live
+    from runner import model_path  # the one rule for where weights live
     models = []
     for variants in STUDIES:
         path = results_file(results_dir, variants)
@@ -64,7 +64,7 @@ def test_images(data_dir):
 
 def evaluate_condition(name, severity, models, data_dir):
     """Rows of every model under one shift and severity (BN models in each of BN_MODES)."""
-    from plots import load_model
+    from runner import load_model
     torch.set_num_threads(1)  # as the study's runs were evaluated: the clean rows equal their final accuracies
     images, labels = test_images(data_dir)
     x = normalize(shifted(images, name, severity))

@@ -10,10 +10,11 @@ import torch
 
 import plots
 from conftest import ROOT, STUDY_FIGURES, check_figures
-from config import STUDY_L1, Config, run_name
+from config import STUDY_L1, Config
 from data import DeviceLoader
 from model import Net
-from plots import (DPI, collect_misclassified, model_path, plot_accuracy, plot_batch_size, plot_lr_range,
+from runner import model_path
+from plots import (DPI, collect_misclassified, plot_accuracy, plot_batch_size, plot_lr_range,
                    plot_metric, plot_misclassified, plot_train_vs_test)
 from utils import set_seed
 
@@ -113,7 +114,8 @@ def test_model_path_is_the_runs_name(tmp_path):
     runs = fake_runs(seeds=1)
     assert [model_path(tmp_path, run).name for run in runs] == ["gn_seed0.pt", "ln_seed0.pt", "bn_l1_seed0.pt"]
     sweep_run = {"config": {"norm": "bn", "epochs": 3, "batch_size": 512, "seed": 1}}
-    assert model_path(tmp_path, sweep_run) == tmp_path / f"{run_name(Config(epochs=3, batch_size=512, seed=1))}.pt"
+    assert model_path(tmp_path, sweep_run) == tmp_path / "bn_e3_bs512_seed1.pt"
+    assert model_path(tmp_path, Config(norm="gn", gn_groups=2, seed=4)) == tmp_path / "gn2_seed4.pt"  # a Config too
 
 
 def test_study_figures_from_results_and_weights(tiny_mnist, tmp_path):

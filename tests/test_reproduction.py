@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT
 from config import VARIANTS, Config
 from data import DeviceLoader, eval_batch_size, load_mnist, load_mnist_split, to_device
-from plots import load_model, model_path
+from runner import load_model, model_path
 from study import STUDY_VARIANTS
 from system import fingerprint
 from utils import build, evaluate, train_epoch
