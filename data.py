@@ -1,6 +1,8 @@
 """MNIST as tensors on the training device: loading, checks, batched augmentation, batching."""
 import hashlib
 import math
+import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -8,6 +10,11 @@ import torch.nn.functional as F
 from torchvision import datasets
 
 from config import DATA_DIR_ENV, default_data_dir  # noqa: F401  (callers import default_data_dir from here too)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; each worker checks on its own
+    fcntl = None
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # kind -> (file suffix, magic number, header bytes, bytes per item) of the raw MNIST files
@@ -92,6 +99,20 @@ def ensure_mnist(root):
     """Check (and, where missing, download) both splits of MNIST at `root`; DataError if that fails."""
     for train in (True, False):
         load_mnist_split(root, train)
+
+
+def ensure_mnist_on_this_node(root):
+    """ensure_mnist(root) on the machine running this process, one process at a time (a lock in the node's
+    temp folder), so the workers of one node download at most once; the DataError names the node."""
+    key = hashlib.sha1(str(Path(root).absolute()).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"mnist-{key}.lock"
+    with open(lock, "a") as file:
+        if fcntl:
+            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        try:
+            ensure_mnist(root)
+        except DataError as error:
+            raise DataError(f"on node {socket.gethostname()}: {error}") from None
 
 
 def normalize(x):

@@ -135,7 +135,7 @@ def main(argv=None):
     results = Path(args.results)
     code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
                                            args.gpus_per_run, order=run_order),
-                       results, base.data_dir, args.device)
+                       results, base.data_dir, args.device, args.address)
     if code == 0:
         from plots import redraw_lr_range  # matplotlib only where a figure is drawn
         print(lr_range_table(json.loads(results.read_text())["summary"]))

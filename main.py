@@ -138,7 +138,7 @@ def study(config, args):
     seeds = args.seeds or [config.seed]
     base = replace(config, l1=0.0)  # --l1 sets the lambda of the variants with L1 only
     code = run_command(lambda: run_study(base, seeds, args.results, args.variants, args.l1, **engine),
-                       results_file(args.results, args.variants), config.data_dir, config.device)
+                       results_file(args.results, args.variants), config.data_dir, config.device, args.address)
     if code:
         return code
     summary = json.loads(results_file(args.results, args.variants).read_text())["summary"]
@@ -199,7 +199,8 @@ def main(argv=None):
         else:
             config = config_from_args(args)
         try:
-            get_device(config.device)
+            if not (args.norm == "all" and args.address):  # on a cluster the nodes' devices count, not this one's
+                get_device(config.device)
         except ValueError as error:
             parser.error(str(error))
         check_outputs(args)

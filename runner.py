@@ -16,7 +16,7 @@ Every run uses one torch thread whatever the number of workers, so the numbers d
 import json
 import os
 import shlex
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import sys
 from contextlib import closing
 from functools import lru_cache
@@ -26,13 +26,17 @@ import torch
 from tqdm import tqdm
 
 from config import Config, config_from_record, run_label, run_name, same_run
-from data import DataError, ensure_mnist, load_mnist
+from data import DataError, ensure_mnist, ensure_mnist_on_this_node, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
 from model import Net, count_parameters
 from run_folder import continue_or_new_run_dir
 from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, where_it_runs
 
 MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
+REPO = Path(__file__).resolve().parent
+# what a cluster's workers get of the repo (Ray's runtime_env working_dir): the code, not data, runs or results
+NOT_SHIPPED = [".git", ".venv", "venv", "data", "runs", "results", "images", "docs", "shared", "*.ipynb",
+               "__pycache__", ".pytest_cache", ".ipynb_checkpoints"]
 OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
 
 
@@ -76,8 +80,13 @@ def load_model(path, config):
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is missing: the figures need the saved weights of the first seed of each "
                                 f"variant (see README: the study at batch 64)")
+    return net_with_weights(torch.load(path, map_location="cpu", weights_only=True), config)
+
+
+def net_with_weights(state, config):
+    """The Net of a run's `config` (a dict) holding the weights `state`, in eval mode."""
     model = Net(config["norm"], config["gn_groups"], config["dropout"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -87,6 +96,7 @@ def cached_splits(data_dir, device, val_split, train_subset):
     """MNIST on the device, loaded once per worker process for every run that uses the same split."""
     if torch.device(device).type == "cpu":
         keep_freed_memory()  # process-wide: faster CPU steps, same arithmetic (see system.py)
+    ensure_mnist_on_this_node(data_dir)  # on a cluster: checked (or downloaded once) on every node
     return load_mnist(data_dir, torch.device(device), val_split, train_subset)
 
 
@@ -113,10 +123,20 @@ def train_one(config, out, measure=None, log=None):
     return results_record(config, metrics), {k: v.cpu() for k, v in model.state_dict().items()}
 
 
+def ray_node_id():
+    """The Ray node this code runs on when it runs as a Ray task; None elsewhere (the driver, no Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_task_id() is None:
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
 def results_record(config, metrics):
     """The run as the results file keeps it: its variant, config (without the machine's data folder), metrics."""
     record = {"variant": run_label(config), **metrics}
     record["config"] = {k: v for k, v in record["config"].items() if k != "data_dir"}
+    if ray_node_id() is not None:
+        record["ray_node"] = ray_node_id()  # which node of a cluster trained it
     return record
 
 
@@ -125,7 +145,8 @@ def task_resources(device, gpus_per_run=None, cuda_visible=None):
     """Ray resources of one run: one CPU, and a share of a GPU when the runs train on one.
 
     Ray hides the GPUs from a task that asks for none, so with --device cuda or auto and a GPU
-    in sight every run asks for `gpus_per_run` of one (default 0.25: four small runs per GPU).
+    in sight (`cuda_visible`: the cluster has one; unset: this machine has one) every run asks for
+    `gpus_per_run` of one (default 0.25: four small runs per GPU).
     """
     cuda_visible = torch.cuda.is_available() if cuda_visible is None else cuda_visible
     wants_gpu = device == "cuda" or (device == "auto" and cuda_visible)
@@ -134,14 +155,26 @@ def task_resources(device, gpus_per_run=None, cuda_visible=None):
     return {"num_cpus": 1, "num_gpus": 0.25 if gpus_per_run is None else gpus_per_run}
 
 
+def cluster_resources(device, gpus_per_run, workers, address):
+    """task_resources from the GPUs the Ray cluster has (not the driver's), starting or joining it; ValueError
+    for --device cuda on a cluster without a GPU."""
+    ray = start_ray(workers, address)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if device == "cuda" and not gpus:
+        raise ValueError(f"--device cuda was asked for, but the Ray cluster{f' at {address}' if address else ''} "
+                         f"has no GPU; use --device auto or --device cpu")
+    return task_resources(device, gpus_per_run, cuda_visible=gpus > 0)
+
+
 def start_ray(workers, address):
     """Join the cluster at `address`, or start an embedded one with `workers` CPUs; returns the ray module."""
     import ray  # imported only here: a single run and the notebook never need it
 
     if ray.is_initialized():
         return ray
-    if address:  # someone else's cluster: its authentication settings are left as they are
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
+    if address:  # someone else's cluster: the code travels to its workers; its authentication is left alone
+        ray.init(address=address, log_to_driver=False, logging_level="warning",
+                 runtime_env={"working_dir": str(REPO), "excludes": NOT_SHIPPED})
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
@@ -210,8 +243,9 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
     if order is None:  # the configs' own order, whatever order the runs finish in
         position = {run_name(c): i for i, c in enumerate(configs)}
         order = lambda run: position.get(run_name(config_from_record(run["config"])), len(position))  # noqa: E731
-    shown = Path(results)  # as given, in messages; absolute for the workers
+    shown = Path(results)  # as given, in messages; absolute for the workers (and the same path on every node)
     results, out = Path(results).absolute(), str(Path(out).absolute())
+    configs = [replace(c, data_dir=str(Path(c.data_dir).absolute())) for c in configs]  # not part of a run's identity
     results.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
         runs = load_results(results)["runs"]
@@ -223,7 +257,8 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
             write = bar.write if log is print else log  # lines above the bar
             in_here = workers == 1 and not address
             tasks = [(config, out, measure, write if in_here else None) for config in todo]
-            resources = task_resources(todo[0].device, gpus_per_run) if todo else None
+            resources = (None if in_here or not todo else
+                         cluster_resources(todo[0].device, gpus_per_run, workers, address))
             with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
                 for (config, *_), result, error in stream:
                     run, weights = result or (None, None)
@@ -257,11 +292,14 @@ def continue_command():
     return shlex.join(["python", *sys.argv])
 
 
-def run_command(run, results, data_dir, device):
-    """Check the data here, call `run()` (which calls run_configs), and turn its errors into an exit code."""
+def run_command(run, results, data_dir, device, address=None):
+    """Check the device and the data here, call `run()` (which calls run_configs), and turn its errors into an
+    exit code. With a cluster `address` the nodes check both for themselves (the driver may have no GPU, and
+    no data: it writes only the results)."""
     try:
-        get_device(device)
-        ensure_mnist(data_dir)  # downloaded once, here, before any worker needs it
+        if not address:
+            get_device(device)
+            ensure_mnist(data_dir)  # downloaded once, here, before any worker needs it
         run()
     except ValueError as error:  # an unusable --device
         print(f"error: {error}", file=sys.stderr)

@@ -23,7 +23,8 @@ import torch
 
 from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm
 from config import VARIANTS
-from data import DataError, DeviceLoader, default_data_dir, eval_batch_size, load_mnist_split, normalize
+from data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node, eval_batch_size,
+                  load_mnist_split, normalize)
 from input_shifts import LEVELS, SHIFTS, shifted
 from cli import PATHS_NOTE, add_engine_flags, check_engine_args
 from runner import map_tasks
@@ -43,8 +44,9 @@ def conditions():
 
 
 def saved_models(results_dir):
-    """(variant key, seed, config, weights path) of every run in the studies' results files."""
-    from runner import model_path  # the one rule for where weights live
+    """(variant key, seed, config, weights) of every run in the studies' results files: the weights travel with
+    the tasks, so a worker on another machine needs no copy of results/."""
+    from runner import load_model, model_path  # the one rule for where weights live
     models = []
     for variants in STUDIES:
         path = results_file(results_dir, variants)
@@ -52,25 +54,26 @@ def saved_models(results_dir):
             raise FileNotFoundError(f"{path} is missing; train it with python main.py --norm all --variants "
                                     f"{' '.join(variants)} --seeds 0 1 2")
         for run in json.loads(path.read_text())["runs"]:
-            models.append((run_key(run), run["config"]["seed"], run["config"],
-                           str(model_path(Path(results_dir) / "models", run))))
+            model = load_model(model_path(Path(results_dir) / "models", run), run["config"])
+            models.append((run_key(run), run["config"]["seed"], run["config"], model.state_dict()))
     return models
 
 
 @lru_cache(maxsize=1)
 def test_images(data_dir):
+    ensure_mnist_on_this_node(data_dir)  # on a cluster: checked (or downloaded once) on every node
     return load_mnist_split(data_dir, train=False)
 
 
 def evaluate_condition(name, severity, models, data_dir):
     """Rows of every model under one shift and severity (BN models in each of BN_MODES)."""
-    from runner import load_model
+    from runner import net_with_weights
     torch.set_num_threads(1)  # as the study's runs were evaluated: the clean rows equal their final accuracies
     images, labels = test_images(data_dir)
     x = normalize(shifted(images, name, severity))
     rows = []
-    for key, seed, config, path in models:
-        model = load_model(path, config)
+    for key, seed, config, state in models:
+        model = net_with_weights(state, config)
         results = ({"running": evaluate(model, DeviceLoader(x, labels, eval_batch_size(CPU))),
                     "test_batch": evaluate_with_batch_statistics(model, x, labels, TEST_BATCH),
                     "adapted": evaluate_adapted(model, x, labels)} if has_batch_norm(model)
@@ -116,6 +119,9 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
     """Evaluate every saved model under every condition; write results/shift.json and both figures."""
     began = time.perf_counter()
     models = saved_models(results_dir)
+    data_dir = str(Path(data_dir).absolute())  # the same path on every node
+    if not address:
+        ensure_mnist(data_dir)  # here, once, before the workers need it
     tasks = [(name, severity, models, data_dir) for name, severity in conditions()]
     rows, failures = [], []
     for (name, severity, *_), result, error in map_tasks(evaluate_condition, tasks, workers, address):

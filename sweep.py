@@ -229,7 +229,7 @@ def main(argv=None):
     results = Path(args.results or RESULTS[name])
     code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
                                            args.gpus_per_run, measure=bn_statistics_metrics, order=run_order),
-                       results, args.data_dir or default_data_dir(), args.device)
+                       results, args.data_dir or default_data_dir(), args.device, args.address)
     if code == 0 and name in ("sweep", "equal_steps"):
         from plots import redraw_batch_size  # matplotlib only where a figure is drawn
         path = redraw_batch_size(results.parent, args.images, **{name: results})

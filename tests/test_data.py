@@ -124,3 +124,21 @@ def test_data_dir_from_environment_variable(tiny_mnist, tmp_path, monkeypatch):
     run_dir = tmp_path / run_name(Config(epochs=1, train_subset=1000))  # what --dry-run trains
     config = json.loads((run_dir / "metrics.json").read_text())["config"]
     assert config["data_dir"] == str(tiny_mnist) and config["epochs"] == 1
+
+
+def test_data_missing_on_a_node_names_the_node_and_the_path(tmp_path, monkeypatch):
+    import socket
+    from conftest import OFFLINE
+    from data import DataError, ensure_mnist_on_this_node
+    for name, value in OFFLINE.items():  # no download reaches a network
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DataError) as error:
+        ensure_mnist_on_this_node(tmp_path / "nothing")
+    assert str(error.value).startswith(f"on node {socket.gethostname()}: ")
+    assert str(tmp_path / "nothing" / "MNIST" / "raw") in str(error.value)
+
+
+def test_data_on_a_node_is_checked_under_a_lock(tiny_mnist):
+    from data import ensure_mnist_on_this_node
+    ensure_mnist_on_this_node(tiny_mnist)  # present: checked, nothing downloaded, the lock released
+    ensure_mnist_on_this_node(tiny_mnist)

@@ -33,8 +33,9 @@ def configs(tiny_mnist, **changes):
 
 
 def without_seconds(runs):
-    return [{**run, "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]]}
-            for run in runs]
+    """The records without what says where and how fast they ran (the numbers must be the same)."""
+    return [{**{k: v for k, v in run.items() if k != "ray_node"},
+             "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]]} for run in runs]
 
 
 def test_workers_1_and_2_give_identical_records_and_weights(tiny_mnist, tmp_path, local_ray):
@@ -109,32 +110,125 @@ def test_resources_ask_for_a_gpu_share_only_when_training_on_a_gpu():
     assert task_resources("cuda", 0.5, cuda_visible=True) == {"num_cpus": 1, "num_gpus": 0.5}
 
 
+# A two-node Ray cluster on loopback (the head and one more node, one CPU each) and a scenario run against it in
+# a process of its own (this test process has its own embedded Ray): the driver joins by address, so the code
+# travels to the workers as Ray's runtime_env, as it would to another machine.
 CLUSTER = """
-import sys
+import json, os, signal, sys, threading, time
+from pathlib import Path
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                         "include_dashboard": False})
-cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+other = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 import ray
-import sweep
-code = sweep.main(sys.argv[1:] + ["--address", cluster.address])
-nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-print("nodes", len(nodes))
+from config import Config
+from runner import run_configs
+from study import summarize
+scenario, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+configs = [Config(norm=norm, epochs=4, seed=seed, device="cpu", data_dir=data)
+           for seed, norm in enumerate(["gn", "ln", "bn", "gn"])]
+
+def wait_for(condition, what, timeout=120):
+    end = time.time() + timeout
+    while not condition():
+        if time.time() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+def recorded():
+    path = out / "r.json"
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+def first_epoch_done(name):
+    path = out / "runs" / name / "metrics.json"
+    return path.exists() and json.loads(path.read_text())["epochs"]
+
+def act():
+    if scenario == "kill":  # the worker training gn_e4_seed0, killed once its first epoch is saved
+        wait_for(lambda: first_epoch_done("gn_e4_seed0"), "the first run's first epoch")
+        pid = int((out / "runs" / "gn_e4_seed0" / ".lock").read_text())  # the run's lock holds its worker's pid
+        os.kill(pid, signal.SIGKILL)
+        print("killed", pid, flush=True)
+    if scenario == "remove":  # the second node, once it has recorded a run and while runs are still going
+        wait_for(lambda: any(r.get("ray_node") == other.node_id for r in recorded()), "a run recorded by node 2")
+        cluster.remove_node(other)
+        print("removed node 2", flush=True)
+
+ray.init(address=cluster.address)  # the runner joins this cluster (start_ray sees it initialized)
+actor = threading.Thread(target=act, daemon=True)
+actor.start()
+runs = run_configs(configs, out / "r.json", summarize, out / "runs", address=cluster.address, log=lambda line: None)
+actor.join(timeout=60)
+print(json.dumps({"runs": [[r["variant"], r["config"]["seed"], r.get("ray_node")] for r in recorded()],
+                  "head": cluster.head_node.node_id, "other": other.node_id}))
 ray.shutdown()
 cluster.shutdown()
-sys.exit(code)
 """
+
+
+def cluster_scenario(scenario, data, out):
+    result = subprocess.run([sys.executable, "-c", CLUSTER, scenario, str(data), str(out)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout.splitlines(), json.loads(result.stdout.splitlines()[-1])
+
+
+class FakeRay:
+    """What cluster_resources reads of a cluster: its resources (a node declaring GPUs, without having one)."""
+
+    def __init__(self, resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_gpu_shares_follow_the_clusters_gpus_not_the_drivers(monkeypatch):
+    monkeypatch.setattr(runner, "start_ray", lambda workers, address: FakeRay({"CPU": 8.0, "GPU": 2.0}))
+    assert runner.cluster_resources("auto", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0.25}  # a CPU-only driver
+    assert runner.cluster_resources("cuda", 0.5, 2, "auto") == {"num_cpus": 1, "num_gpus": 0.5}
+    assert runner.cluster_resources("cpu", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    monkeypatch.setattr(runner, "start_ray", lambda workers, address: FakeRay({"CPU": 8.0}))
+    assert runner.cluster_resources("auto", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    with pytest.raises(ValueError, match="the Ray cluster at auto has no GPU"):
+        runner.cluster_resources("cuda", None, 2, "auto")
+
+
+def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
+    for folder in ("data", "runs", "results", ".git", ".venv"):
+        assert folder in runner.NOT_SHIPPED
+    assert runner.REPO == ROOT and (runner.REPO / "runner.py").exists()
 
 
 def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):
     args = ["--batch-sizes", "16", "--seeds", "0", "--epochs", "1", "--norms", "gn", "ln", "--device", "cpu",
             "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"),
             "--images", str(tmp_path)]
-    result = subprocess.run([sys.executable, "-c", CLUSTER, *args], cwd=ROOT, env={**os.environ, **OFFLINE},
+    script = ("import sys\nfrom ray.cluster_utils import Cluster\n"
+              "cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 1, 'node_ip_address': '127.0.0.1', "
+              "'include_dashboard': False})\ncluster.add_node(num_cpus=1, node_ip_address='127.0.0.1')\n"
+              "import ray, sweep\ncode = sweep.main(sys.argv[1:] + ['--address', cluster.address])\n"
+              "ray.shutdown()\ncluster.shutdown()\nsys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env={**os.environ, **OFFLINE},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "nodes 2" in result.stdout
-    assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 2
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert len(runs) == 2 and len({run["ray_node"] for run in runs}) == 2  # one run on each node
+
+
+def test_a_worker_killed_mid_run_is_retried_and_its_run_recorded_once(tiny_mnist, tmp_path):
+    lines, summary = cluster_scenario("kill", tiny_mnist, tmp_path)
+    assert any(line.startswith("killed ") for line in lines), lines
+    assert sorted((v, s) for v, s, _ in summary["runs"]) == [("BN", 2), ("GN", 0), ("GN", 3), ("LN", 1)]
+    killed = json.loads((tmp_path / "runs" / "gn_e4_seed0" / "metrics.json").read_text())
+    assert [row["epoch"] for row in killed["epochs"]] == [1, 2, 3, 4]  # resumed from its checkpoint, no epoch twice
+
+
+def test_a_node_removed_mid_sweep_leaves_its_runs_to_the_other(tiny_mnist, tmp_path):
+    lines, summary = cluster_scenario("remove", tiny_mnist, tmp_path)
+    assert "removed node 2" in lines, lines
+    assert sorted((v, s) for v, s, _ in summary["runs"]) == [("BN", 2), ("GN", 0), ("GN", 3), ("LN", 1)]
+    assert {node for *_, node in summary["runs"]} == {summary["head"], summary["other"]}  # both nodes trained runs
 
 
 def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tmp_path):
