@@ -45,12 +45,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from config import BATCH_SIZES, COMPARED, Config
+from config import BATCH_SIZES, COMPARED, TRAIN_IMAGES, Config
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, eval_batch_size, load_mnist
 from model import NORMS, Net
 from system import cpu_name, keep_freed_memory
 
-TRAIN_IMAGES = 60_000
 PIPELINES = ("ours", "model", "classic")
 LEVERS = ("none", "channels_last", "compile", "one_thread", "bf16")
 THREADS = torch.get_num_threads()  # torch's default for this machine

@@ -5,6 +5,9 @@ torch, torchvision or matplotlib are imported.
 """
 import os
 
+from config import DATA_DIR_ENV, DEVICES
+
+
 PATHS_NOTE = "Relative paths (--out, --results, --images, --data-dir) are relative to the working folder."
 
 
@@ -24,3 +27,12 @@ def check_engine_args(parser, args):
         parser.error("--workers must be >= 1")
     if args.gpus_per_run is not None and not 0 < args.gpus_per_run <= 1:
         parser.error("--gpus-per-run must be in (0, 1]")
+
+
+DATA_DIR_HELP = f"MNIST root; unset: ${DATA_DIR_ENV}, else ./data (downloaded there if missing)"
+
+
+def add_data_and_device_flags(parser, device_default="auto"):
+    """--data-dir and --device, spelled once for every command."""
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    parser.add_argument("--device", default=device_default, choices=DEVICES, help="device")

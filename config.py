@@ -11,6 +11,10 @@ NORMS = ("bn", "gn", "ln", "in", "none")  # model.norm_layer builds each
 GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
 WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
 DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TRAIN_IMAGES = 60_000  # MNIST's training split
+RESULTS_DIR, IMAGES_DIR = "results", "images"  # the committed results and figures
+NORM_COSTS_FILE = "bench_cpu_norms.json"  # in RESULTS_DIR: bench.py --norm-costs, the batch-size figure's time panel
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from config import COMPARED, OPTIMIZERS, PLAIN, VARIANTS, Config, config_from_record, variant_key
 from data import default_data_dir
-from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
 from runner import run_command, run_configs
 
 SEEDS = (0, 1, 2)
@@ -115,8 +115,7 @@ def make_parser():
         help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
     add("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run each")
     add("--epochs", type=int, default=EPOCHS, help="epochs of every run")
-    add("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add_data_and_device_flags(p)
     add("--out", default="runs/lr_range", help="folder for the run folders")
     add("--results", default=RESULTS, help="results JSON (runs of every optimizer share it)")
     add("--images", default="images", help="folder for the figure lr_range.png")

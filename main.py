@@ -10,9 +10,9 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from cli import PATHS_NOTE, add_engine_flags, check_engine_args
-from config import (DATA_DIR_ENV, IDENTITY, NORMS, OPTIMIZERS, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS, Config,
-                    default_data_dir, run_name)
+from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
+from config import (IDENTITY, IMAGES_DIR, NORMS, OPTIMIZERS, RESULTS_DIR, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS,
+                    Config, default_data_dir, run_name)
 # torch, torchvision and Ray are imported inside the functions that use them, after the flags are checked:
 # --help and a bad flag are answered without them, in well under a second
 
@@ -41,13 +41,12 @@ def make_parser():
     add("--seeds", type=int, nargs="+", default=None, help="several seeds, one run each")
     add("--val-split", type=int, default=d.val_split, help="training images held out as validation")
     add("--train-subset", type=int, default=d.train_subset, help="train on the first N images (0: all)")
-    add("--data-dir", default=None, help=f"MNIST root; unset: ${DATA_DIR_ENV}, else ./data")
-    add("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add_data_and_device_flags(p, d.device)
     add("--compile", action="store_true", default=d.compile,
         help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay, see README)")
     add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
-    add("--results", default="results", help="--norm all: folder for study.json and models/ (final weights)")
-    add("--images", default="images", help="--norm all: folder for the study's figures")
+    add("--results", default=RESULTS_DIR, help="--norm all: folder for study.json and models/ (final weights)")
+    add("--images", default=IMAGES_DIR, help="--norm all: folder for the study's figures")
     add("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
     add("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     add("--no-progress", action="store_true", help="no progress bar, only one line per epoch")

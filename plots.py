@@ -13,7 +13,8 @@ from matplotlib.ticker import FuncFormatter
 import numpy as np
 import torch
 
-from config import VARIANTS, config_from_record, variant_key
+from cli import DATA_DIR_HELP
+from config import NORM_COSTS_FILE, VARIANTS, config_from_record, variant_key
 from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, eval_batch_size,
                   load_mnist_split, to_device)
 from study import by_variant
@@ -336,7 +337,7 @@ def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
     sweep = read(sweep or results_dir / "batch_size_sweep.json")
     if sweep is None:
         return None
-    fig = plot_batch_size(sweep, read(results_dir / "bench_cpu_norms.json"),
+    fig = plot_batch_size(sweep, read(results_dir / NORM_COSTS_FILE),
                           read(equal_steps or results_dir / "batch_size_equal_steps.json"))
     path = save_figures({"batch_size": fig}, images_dir)[0]
     plt.close(fig)
@@ -482,7 +483,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results", default="results", help="folder with study.json, models/ and the other results")
     p.add_argument("--out", default="images", help="folder the PNG files are written to")
-    p.add_argument("--data-dir", default=None, help="MNIST root for the test images (unset: $MNIST_DATA_DIR, else ./data)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     args = p.parse_args(argv)
     try:
         paths = redraw(args.results, args.out, args.data_dir or default_data_dir())

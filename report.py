@@ -20,7 +20,7 @@ from lr_range import lr_range_table
 from norm_example import markdown as norm_example_markdown
 from shift import shift_table
 from study import pairwise_table, summary_table
-from config import COMPARED, GN_FAMILY, VARIANTS
+from config import COMPARED, GN_FAMILY, NORM_COSTS_FILE, TRAIN_IMAGES, VARIANTS
 from l1_weights import l1_weights_table
 from stats import ALPHA
 from study import pairwise
@@ -153,7 +153,7 @@ def speed_summary_section(results):
 
 def norm_costs_section(results):
     """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py --norm-costs)."""
-    report = read(results, "bench_cpu_norms.json")
+    report = read(results, NORM_COSTS_FILE)
     results, hw, args = report["results"], report["hardware"], report["args"]
     norms = list(results)
     lines = ["| batch | " + " | ".join(f"{n.upper()} train s/epoch" for n in norms) + " | "
@@ -162,7 +162,7 @@ def norm_costs_section(results):
     for b in results[norms[0]]:
         lines.append(f"| {b} | " + " | ".join(f"{results[n][b]['train_epoch_s']:.1f}" for n in norms) + " | "
                      + " | ".join(f"{results[n][b]['inference_images_per_s']:,.0f}" for n in norms) + " |")
-    lines += ["", f"From `results/bench_cpu_norms.json`: {hw['processor']}, {hw['torch_threads']} torch threads, "
+    lines += ["", f"From `results/{NORM_COSTS_FILE}`: {hw['processor']}, {hw['torch_threads']} torch threads, "
                   f"torch {hw['torch']}; the bare model step on one fixed batch (no data pipeline), medians of "
                   f"{args['rounds']} rounds in which the norms take turns; a training epoch is 60,000 images."]
     return "\n".join(lines)
@@ -233,7 +233,7 @@ def equal_steps_line(results_file):
             f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run")
 
 
-def steps_line(runs, train_images=60_000):
+def steps_line(runs, train_images=TRAIN_IMAGES):
     """The optimizer steps of these runs: full batches per epoch (the last partial one is dropped) x epochs."""
     def steps(c):
         images = min(train_images - c["val_split"], c["train_subset"] or train_images)

@@ -26,7 +26,7 @@ from config import VARIANTS
 from data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node, eval_batch_size,
                   load_mnist_split, normalize)
 from input_shifts import LEVELS, SHIFTS, shifted
-from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
 from runner import map_tasks
 from study import STUDY_VARIANTS, results_file, run_key
 from system import WriteError, cpu_name, save_json
@@ -146,7 +146,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results", default="results", help="folder with study.json, study_bn.json and models/")
     p.add_argument("--images", default="images", help="folder for shift.png and shift_examples.png")
-    p.add_argument("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     add_engine_flags(p)
     args = p.parse_args(argv)
     check_engine_args(p, args)

@@ -21,7 +21,7 @@ from pathlib import Path
 from bn_stats import bn_statistics_metrics
 from config import BATCH_SIZES, COMPARED, DEFAULTS, PLAIN, VARIANTS, Config, config_from_record, variant_key
 from data import default_data_dir
-from cli import PATHS_NOTE, add_engine_flags, check_engine_args
+from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
 from runner import run_command, run_configs
 
 SEEDS = (0, 1, 2)
@@ -179,8 +179,7 @@ def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
-    add("--data-dir", default=None, help="MNIST root; unset: $MNIST_DATA_DIR, else ./data")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="device")
+    add_data_and_device_flags(p)
     add("--norms", nargs="+", default=list(COMPARED), choices=PLAIN,
         help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
     add("--batch-sizes", type=int, nargs="+", default=None,

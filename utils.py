@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import SGD_MOMENTUM, run_label
+from config import DEVICES, SGD_MOMENTUM, run_label
 from data import DeviceLoader, eval_batch_size
 from model import Net, count_parameters
 from run_folder import checkpoint_state, resume
@@ -36,7 +36,7 @@ def get_device(name="auto"):
     if name == "auto":
         name = "cuda" if available["cuda"] else "mps" if available["mps"] else "cpu"
     if name not in available:
-        raise ValueError(f"unknown device {name!r}; valid values are auto, cpu, cuda, mps")
+        raise ValueError(f"unknown device {name!r}; valid values are {', '.join(DEVICES)}")
     if not available[name]:
         raise ValueError(f"--device {name} was asked for, but this PyTorch build sees no "
                          f"{name.upper()} device here; use --device auto or --device cpu")
