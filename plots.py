@@ -269,7 +269,7 @@ def by_norm(summary, keys=None):
     return groups
 
 
-BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its figure: plot_gn_family
+BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its own figure: plot_gn_family
 
 
 def plot_batch_size(sweep, costs=None, equal_steps=None):
@@ -341,7 +341,40 @@ def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
                           read(equal_steps or results_dir / "batch_size_equal_steps.json"))
     path = save_figures({"batch_size": fig}, images_dir)[0]
     plt.close(fig)
+    family = plot_gn_family(sweep["summary"])  # once GN(2) or IN have run: images_dir/gn_family.png
+    if family is not None:
+        save_figures({"gn_family": family}, images_dir)
+        plt.close(family)
     return path
+
+
+def plot_gn_family(summary):
+    """Test error against the number of groups, LN (1) -> GN(2) -> GN (4) -> IN (one per channel), one line per
+    batch size of the sweep where GN(2) or IN ran; None when neither has run yet."""
+    from config import GN_FAMILY
+    entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
+    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
+    if not sizes:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=DPI)
+    ticks = ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
+    for b, color in zip(sizes, plt.cm.viridis(np.linspace(0, 0.85, len(sizes)))):
+        points = [(i, entries[(n, b)]["test_acc"]) for i, n in enumerate(GN_FAMILY) if (n, b) in entries]
+        xs = [i for i, _ in points]
+        ax.plot(xs, [100 - a["mean"] for _, a in points], marker="o", color=color, label=f"batch {b}")
+        ax.fill_between(xs, [100 - a["max"] for _, a in points], [100 - a["min"] for _, a in points],
+                        color=color, alpha=0.15)
+    seeds = max(len(e["seeds"]) for e in entries.values())
+    epochs = next(iter(entries.values()))["epochs"]
+    ax.set(title=f"The GN family: test error after {epochs} epochs, mean of {seeds} seeds (band: min-max)",
+           xlabel="groups of GroupNorm (widths 8-16 channels)", ylabel="test error (%, log scale)",
+           xticks=range(len(ticks)))
+    ax.set_xticklabels(ticks)
+    plain_log_axis(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(sizes), frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 # ---- the learning-rate range -----------------------------------------------------------------

@@ -237,3 +237,15 @@ def test_lr_range_plot_one_panel_per_optimizer_and_a_mark_where_a_seed_diverged(
     (tmp_path / "lr.json").write_text(json.dumps({"summary": summary, "runs": []}))
     assert plots.redraw_lr_range(tmp_path / "lr.json", tmp_path / "images") == tmp_path / "images" / "lr_range.png"
     assert mpimg.imread(tmp_path / "images" / "lr_range.png").shape[1::-1] == (1680, 600)
+
+
+def test_gn_family_figure_runs_from_one_group_to_one_channel_per_group():
+    entry = lambda norm, b, acc: {"norm": norm, "batch_size": b, "epochs": 3, "seeds": [0, 1, 2],  # noqa: E731
+                                  "test_acc": {"mean": acc, "std": 0.1, "min": acc - 0.1, "max": acc + 0.1}}
+    assert plots.plot_gn_family([entry("gn", 2, 99.2), entry("ln", 2, 99.1)]) is None  # neither GN(2) nor IN ran
+    summary = [entry(n, b, 99.0 + i / 10) for b in (2, 64) for i, n in enumerate(("ln", "gn2", "gn", "in"))]
+    ax = plots.plot_gn_family(summary).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
+    assert [line.get_label() for line in ax.get_lines()] == ["batch 2", "batch 64"]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([1.0, 0.9, 0.8, 0.7])
+    assert ax.get_yscale() == "log" and "mean of 3 seeds" in ax.get_title()
