@@ -18,6 +18,9 @@ from config import COMPARED, OPTIMIZERS, PLAIN, VARIANTS, Config, config_from_re
 from data import default_data_dir
 from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
 from runner import run_command, run_configs
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
+from plots import DPI, by_norm, plain_log_axis, save_figures
 
 SEEDS = (0, 1, 2)
 EPOCHS = 3
@@ -104,6 +107,43 @@ def cell(entry):
     return text.strip() + (" ✓" if entry["usable"] else "")
 
 
+# ---- the learning-rate range -----------------------------------------------------------------
+def plot_lr_range(summary):
+    """Test error against peak LR (log-log), one panel per optimizer, one line per norm; x: a seed diverged."""
+    optimizers = list(dict.fromkeys(e["optimizer"] for e in summary))
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers), 5), dpi=DPI, squeeze=False)
+    for ax, optimizer in zip(axes[0], optimizers):
+        for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
+            color, done = VARIANTS[norm].color, [e for e in entries if "test_acc" in e]
+            lrs = [e["lr"] for e in done]
+            ax.plot(lrs, [100 - e["test_acc"]["mean"] for e in done], marker="o", ms=4, color=color,
+                    label=VARIANTS[norm].label)
+            ax.fill_between(lrs, [100 - e["test_acc"]["max"] for e in done], [100 - e["test_acc"]["min"] for e in done],
+                            color=color, alpha=0.15)
+            diverged = [e["lr"] for e in entries if e["diverged"]]
+            ax.plot(diverged, [90] * len(diverged), "x", ms=9, mew=2, color=color,
+                    label=f"{VARIANTS[norm].label}: a seed diverged" if diverged else None)
+        seeds = max(len(e["seeds"]) for e in summary)
+        ax.set_xscale("log")
+        plain_log_axis(ax)
+        ax.set(title=f"{optimizer.upper() if optimizer == 'sgd' else 'Adam'}: test error after "
+                     f"{summary[0]['epochs']} epochs, mean of {seeds} seeds (band: min-max)",
+               xlabel="peak learning rate of the one-cycle schedule (log scale)", ylabel="test error (%, log scale)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def redraw_lr_range(results_path, images_dir):
+    """images_dir/lr_range.png from the LR-range results file; returns its path."""
+    fig = plot_lr_range(json.loads(Path(results_path).read_text())["summary"])
+    path = save_figures({"lr_range": fig}, images_dir)[0]
+    plt.close(fig)
+    return path
+
+
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -136,7 +176,6 @@ def main(argv=None):
                                            args.gpus_per_run, order=run_order),
                        results, base.data_dir, args.device, args.address)
     if code == 0:
-        from plots import redraw_lr_range  # matplotlib only where a figure is drawn
         print(lr_range_table(json.loads(results.read_text())["summary"]))
         print(f"wrote {redraw_lr_range(results, args.images)}")
     return code

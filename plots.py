@@ -1,4 +1,5 @@
-"""Every figure, drawn from result files and saved weights alone; no training.
+"""The study's figures, the drawing helpers every experiment's figure uses, and the list that redraws them all;
+drawn from result files and saved weights alone, no training. Each experiment module draws its own figure.
 
     python plots.py                 # redraw every figure into images/ from results/
     python plots.py --out /tmp/fig  # ... into another folder
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from cli import DATA_DIR_HELP
-from config import NORM_COSTS_FILE, VARIANTS, config_from_record, variant_key
+from config import VARIANTS, config_from_record, variant_key
 from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, default_data_dir, eval_batch_size,
                   load_mnist_split, to_device)
 from study import by_variant
@@ -223,6 +224,15 @@ def study_figures(results_dir, data_dir, name="study.json"):
     return figures
 
 
+def by_norm(summary, keys=None):
+    """{norm key: its entries} in the summary's order; only `keys` (of config.PLAIN) when given."""
+    groups = {}
+    for entry in summary:
+        if keys is None or entry["norm"] in keys:
+            groups.setdefault(entry["norm"], []).append(entry)
+    return groups
+
+
 def png(fig):
     """The figure as PNG bytes at the fixed DPI: a notebook shows them with IPython.display.Image(data=...),
     which GitHub renders in the saved notebook (a closed figure passed to display() is saved as text only)."""
@@ -243,253 +253,6 @@ def save_figures(figures, images_dir):
     return paths
 
 
-# ---- the batch-size sweep ------------------------------------------------------------------
-BN_EXTRAS = {"test_acc_batch_stats": ("--", "BN, tested with batch statistics"),
-             "test_acc_precise_stats": (":", "BN, running statistics recomputed after training")}
-
-
-def plot_error_band(ax, entries, key, color, style, label, marker="o", fill=True):
-    """Mean test error over seeds of `key` against batch size, with the min-max range as a band."""
-    entries = [e for e in entries if key in e]
-    if not entries:
-        return
-    sizes = [e["batch_size"] for e in entries]
-    ax.plot(sizes, [100 - e[key]["mean"] for e in entries], style, marker=marker, ms=5, color=color, label=label,
-            mfc=None if fill else "white")
-    ax.fill_between(sizes, [100 - e[key]["max"] for e in entries], [100 - e[key]["min"] for e in entries],
-                    color=color, alpha=0.15 if style == "-" else 0.07)
-
-
-def by_norm(summary, keys=None):
-    """{norm key: its entries} in the summary's order; only `keys` (of config.PLAIN) when given."""
-    groups = {}
-    for entry in summary:
-        if keys is None or entry["norm"] in keys:
-            groups.setdefault(entry["norm"], []).append(entry)
-    return groups
-
-
-BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its own figure: plot_gn_family
-
-
-def plot_batch_size(sweep, costs=None, equal_steps=None):
-    """Test error against the training batch size, one line per norm (left); seconds per epoch (right).
-
-    `equal_steps` (hollow markers): large batches trained for as many steps as batch 64.
-    `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
-    """
-    fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
-    for norm, entries in by_norm(sweep["summary"], BATCH_SIZE_FIGURE).items():
-        color = VARIANTS[norm].color
-        plot_error_band(error_ax, entries, "test_acc", color, "-",
-                        f"{VARIANTS[norm].label}, {entries[0]['epochs']} epochs")
-        for key, (style, label) in BN_EXTRAS.items():
-            plot_error_band(error_ax, entries, key, color, style, label)
-    for norm, entries in by_norm(equal_steps["summary"] if equal_steps else []).items():
-        plot_error_band(error_ax, entries, "test_acc", VARIANTS[norm].color, "-", f"{VARIANTS[norm].label}, the steps of "
-                        f"batch 64 ({', '.join(str(e['epochs']) for e in entries)} epochs)", marker="s", fill=False)
-    sizes = sorted({e["batch_size"] for e in sweep["summary"]})
-    seeds = max(len(e["seeds"]) for e in sweep["summary"])
-    epochs = sweep["summary"][0]["epochs"]
-    title = (f"Test error, mean over {seeds} seeds (band: min-max)\nfilled markers: after {epochs} epochs; "
-             f"hollow: after as many steps as {epochs} epochs at batch 64" if equal_steps else
-             f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)")
-    error_ax.set(title=title,
-                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
-    plain_log_axis(error_ax)
-    if costs:
-        plot_costs(time_ax, costs)
-    else:
-        time_ax.text(0.5, 0.5, "no time measured:\npython bench.py --norm-costs", ha="center", va="center",
-                     transform=time_ax.transAxes)
-    for ax in (error_ax, time_ax):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_costs(ax, costs):
-    """Seconds per training epoch of each norm against batch size, from bench.py --norm-costs."""
-    for norm, by_batch in costs["results"].items():
-        sizes = sorted(by_batch, key=int)
-        ax.plot([int(b) for b in sizes], [by_batch[b]["train_epoch_s"] for b in sizes], marker="o", ms=4,
-                color=VARIANTS[norm].color, label=norm.upper())
-    hw = costs["hardware"]
-    ax.set(title=f"Training time per epoch (bench.py --norm-costs)\n{hw['processor']}, {hw['torch_threads']} "
-                 f"thread(s), norms side by side", xlabel="training batch size (log2 scale)",
-           ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
-
-
-def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
-    """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path.
-
-    `sweep`, `equal_steps`: other files than results_dir's batch_size_sweep.json and
-    batch_size_equal_steps.json. None (nothing drawn) when there is no sweep: equal steps alone make no figure.
-    """
-    def read(path):
-        return json.loads(Path(path).read_text()) if Path(path).exists() else None
-
-    results_dir = Path(results_dir)
-    sweep = read(sweep or results_dir / "batch_size_sweep.json")
-    if sweep is None:
-        return None
-    fig = plot_batch_size(sweep, read(results_dir / NORM_COSTS_FILE),
-                          read(equal_steps or results_dir / "batch_size_equal_steps.json"))
-    path = save_figures({"batch_size": fig}, images_dir)[0]
-    plt.close(fig)
-    family = plot_gn_family(sweep["summary"])  # once GN(2) or IN have run: images_dir/gn_family.png
-    if family is not None:
-        save_figures({"gn_family": family}, images_dir)
-        plt.close(family)
-    return path
-
-
-def plot_gn_family(summary):
-    """Test error against the number of groups, LN (1) -> GN(2) -> GN (4) -> IN (one per channel), one line per
-    batch size of the sweep where GN(2) or IN ran; None when neither has run yet."""
-    from config import GN_FAMILY
-    entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
-    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
-    if not sizes:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=DPI)
-    ticks = ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
-    for b, color in zip(sizes, plt.cm.viridis(np.linspace(0, 0.85, len(sizes)))):
-        points = [(i, entries[(n, b)]["test_acc"]) for i, n in enumerate(GN_FAMILY) if (n, b) in entries]
-        xs = [i for i, _ in points]
-        ax.plot(xs, [100 - a["mean"] for _, a in points], marker="o", color=color, label=f"batch {b}")
-        ax.fill_between(xs, [100 - a["max"] for _, a in points], [100 - a["min"] for _, a in points],
-                        color=color, alpha=0.15)
-    seeds = max(len(e["seeds"]) for e in entries.values())
-    epochs = next(iter(entries.values()))["epochs"]
-    ax.set(title=f"The GN family: test error after {epochs} epochs, mean of {seeds} seeds (band: min-max)",
-           xlabel="groups of GroupNorm (widths 8-16 channels)", ylabel="test error (%, log scale)",
-           xticks=range(len(ticks)))
-    ax.set_xticklabels(ticks)
-    plain_log_axis(ax)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(sizes), frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-# ---- the learning-rate range -----------------------------------------------------------------
-def plot_lr_range(summary):
-    """Test error against peak LR (log-log), one panel per optimizer, one line per norm; x: a seed diverged."""
-    optimizers = list(dict.fromkeys(e["optimizer"] for e in summary))
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers), 5), dpi=DPI, squeeze=False)
-    for ax, optimizer in zip(axes[0], optimizers):
-        for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
-            color, done = VARIANTS[norm].color, [e for e in entries if "test_acc" in e]
-            lrs = [e["lr"] for e in done]
-            ax.plot(lrs, [100 - e["test_acc"]["mean"] for e in done], marker="o", ms=4, color=color,
-                    label=VARIANTS[norm].label)
-            ax.fill_between(lrs, [100 - e["test_acc"]["max"] for e in done], [100 - e["test_acc"]["min"] for e in done],
-                            color=color, alpha=0.15)
-            diverged = [e["lr"] for e in entries if e["diverged"]]
-            ax.plot(diverged, [90] * len(diverged), "x", ms=9, mew=2, color=color,
-                    label=f"{VARIANTS[norm].label}: a seed diverged" if diverged else None)
-        seeds = max(len(e["seeds"]) for e in summary)
-        ax.set_xscale("log")
-        plain_log_axis(ax)
-        ax.set(title=f"{optimizer.upper() if optimizer == 'sgd' else 'Adam'}: test error after "
-                     f"{summary[0]['epochs']} epochs, mean of {seeds} seeds (band: min-max)",
-               xlabel="peak learning rate of the one-cycle schedule (log scale)", ylabel="test error (%, log scale)")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def redraw_lr_range(results_path, images_dir):
-    """images_dir/lr_range.png from the LR-range results file; returns its path."""
-    fig = plot_lr_range(json.loads(Path(results_path).read_text())["summary"])
-    path = save_figures({"lr_range": fig}, images_dir)[0]
-    plt.close(fig)
-    return path
-
-
-# ---- the shift study ----------------------------------------------------------------------------
-MODE_STYLES = {None: "-", "running": "-", "test_batch": "--", "adapted": ":"}
-MODE_NAMES = {"test_batch": "test-batch statistics", "adapted": "statistics re-estimated on the shifted images"}
-
-
-SHIFT_SERIES = (("gn", None), ("ln", None), ("bn_l1", "running"), ("bn_l1", "adapted"))  # the rest: the table
-
-
-def plot_shift(summary):
-    """One panel per shift: test error against severity for GN, LN and BN+L1 (as deployed, and with its
-    statistics re-estimated on the shifted images); mean over seeds, min-max band.
-
-    Severity 0 is the clean test set. BN without L1 and the test-batch statistics are in the table only,
-    so that each panel stays readable at the width GitHub shows it.
-    """
-    from input_shifts import SHIFTS
-    clean = [e for e in summary if e["shift"] == "clean"]
-    fig, axes = plt.subplots(3, 3, figsize=(10, 10), dpi=DPI, sharey=True)
-    for ax, name in zip(axes.flat, SHIFTS):
-        entries = [e for e in summary if e["shift"] == name]
-        for key, mode in SHIFT_SERIES:
-            line = sorted([e for e in clean + entries if (e["variant"], e["bn_stats"]) == (key, mode)],
-                          key=lambda e: e["severity"])
-            if not line:
-                continue
-            levels, acc = [e["severity"] for e in line], [e["test_acc"] for e in line]
-            label = VARIANTS[key].label + (" as deployed" if mode == "running" else
-                                           ", statistics re-estimated on the shifted images" if mode else "")
-            ax.plot(levels, [100 - a["mean"] for a in acc], MODE_STYLES[mode], marker="o", ms=4,
-                    color=VARIANTS[key].color, label=label)
-            ax.fill_between(levels, [100 - a["max"] for a in acc], [100 - a["min"] for a in acc],
-                            color=VARIANTS[key].color, alpha=0.12)
-        ax.set_title(name.replace("_", " "), fontsize=12)
-        ax.set(xticks=range(4))
-        ax.tick_params(labelsize=10)
-        plain_log_axis(ax)
-        ax.grid(alpha=0.3, which="both")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test error (%, log)", fontsize=11)
-    for ax in axes[-1]:
-        ax.set_xlabel("severity (0: clean)", fontsize=11)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=11, frameon=False)
-    seeds = max(e["seeds"] for e in summary)
-    fig.suptitle(f"Test error on shifted test images, mean of {seeds} seeds (band: min-max)", fontsize=13)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig
-
-
-def plot_shift_examples(images, index=0):
-    """One test digit under every shift (rows) at every severity (columns)."""
-    from input_shifts import LEVELS, SHIFTS, shifted
-    x = images[index:index + 1]
-    fig, axes = plt.subplots(len(SHIFTS), 4, figsize=(6, 1.6 * len(SHIFTS)), dpi=DPI)
-    for row, name in zip(axes, SHIFTS):
-        for severity, ax in enumerate(row):
-            ax.axis("off")
-            if severity and severity not in LEVELS[name]:
-                continue
-            ax.imshow(shifted(x, name, severity)[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{name.replace('_', ' ')} {severity}" if severity else "clean", fontsize=8)
-    fig.suptitle("One test digit under every shift and severity", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def redraw_shift(results_path, images_dir, data_dir):
-    """images_dir/shift.png and shift_examples.png from the shift study's results; returns their paths."""
-    figures = {"shift": plot_shift(json.loads(Path(results_path).read_text())["summary"]),
-               "shift_examples": plot_shift_examples(load_mnist_split(data_dir, train=False)[0])}
-    paths = save_figures(figures, images_dir)
-    for fig in figures.values():
-        plt.close(fig)
-    return paths
-
-
 # ---- redrawing from committed files ----------------------------------------------------
 def redraw_study(results_dir, out, data_dir):
     """The study's figures into `out`; returns their paths."""
@@ -498,7 +261,11 @@ def redraw_study(results_dir, out, data_dir):
 
 
 def redraw(results_dir, out, data_dir):
-    """Every figure whose results file is in `results_dir`, into `out`; returns the paths."""
+    """Every figure whose results file is in `results_dir`, into `out`; returns the paths. Each experiment
+    draws its own figure (sweep, lr_range, shift); this is the list of them."""
+    from lr_range import redraw_lr_range
+    from shift import redraw_shift
+    from sweep import redraw_batch_size
     results_dir = Path(results_dir)
     paths = redraw_study(results_dir, out, data_dir)
     if (results_dir / "batch_size_sweep.json").exists():

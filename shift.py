@@ -31,6 +31,8 @@ from runner import map_tasks
 from study import STUDY_VARIANTS, results_file, run_key
 from system import WriteError, cpu_name, save_json
 from utils import evaluate
+import matplotlib.pyplot as plt
+from plots import DPI, plain_log_axis, save_figures
 
 STUDIES = (STUDY_VARIANTS, ("bn",))  # the results files whose models are evaluated
 BN_MODES = ("running", "test_batch", "adapted")
@@ -137,8 +139,83 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
     path = Path(results_dir) / "shift.json"
     save_json({"summary": summarize(rows), "results": rows, "device": "cpu", "cpu": cpu_name(), "threads": 1,
                "torch": torch.__version__, "workers": workers, "seconds": time.perf_counter() - began}, path)
-    from plots import redraw_shift
     return [path, *redraw_shift(path, images_dir, data_dir)]
+
+
+# ---- the shift study ----------------------------------------------------------------------------
+MODE_STYLES = {None: "-", "running": "-", "test_batch": "--", "adapted": ":"}
+MODE_NAMES = {"test_batch": "test-batch statistics", "adapted": "statistics re-estimated on the shifted images"}
+
+
+SHIFT_SERIES = (("gn", None), ("ln", None), ("bn_l1", "running"), ("bn_l1", "adapted"))  # the rest: the table
+
+
+def plot_shift(summary):
+    """One panel per shift: test error against severity for GN, LN and BN+L1 (as deployed, and with its
+    statistics re-estimated on the shifted images); mean over seeds, min-max band.
+
+    Severity 0 is the clean test set. BN without L1 and the test-batch statistics are in the table only,
+    so that each panel stays readable at the width GitHub shows it.
+    """
+    from input_shifts import SHIFTS
+    clean = [e for e in summary if e["shift"] == "clean"]
+    fig, axes = plt.subplots(3, 3, figsize=(10, 10), dpi=DPI, sharey=True)
+    for ax, name in zip(axes.flat, SHIFTS):
+        entries = [e for e in summary if e["shift"] == name]
+        for key, mode in SHIFT_SERIES:
+            line = sorted([e for e in clean + entries if (e["variant"], e["bn_stats"]) == (key, mode)],
+                          key=lambda e: e["severity"])
+            if not line:
+                continue
+            levels, acc = [e["severity"] for e in line], [e["test_acc"] for e in line]
+            label = VARIANTS[key].label + (" as deployed" if mode == "running" else
+                                           ", statistics re-estimated on the shifted images" if mode else "")
+            ax.plot(levels, [100 - a["mean"] for a in acc], MODE_STYLES[mode], marker="o", ms=4,
+                    color=VARIANTS[key].color, label=label)
+            ax.fill_between(levels, [100 - a["max"] for a in acc], [100 - a["min"] for a in acc],
+                            color=VARIANTS[key].color, alpha=0.12)
+        ax.set_title(name.replace("_", " "), fontsize=12)
+        ax.set(xticks=range(4))
+        ax.tick_params(labelsize=10)
+        plain_log_axis(ax)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test error (%, log)", fontsize=11)
+    for ax in axes[-1]:
+        ax.set_xlabel("severity (0: clean)", fontsize=11)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=11, frameon=False)
+    seeds = max(e["seeds"] for e in summary)
+    fig.suptitle(f"Test error on shifted test images, mean of {seeds} seeds (band: min-max)", fontsize=13)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def plot_shift_examples(images, index=0):
+    """One test digit under every shift (rows) at every severity (columns)."""
+    from input_shifts import LEVELS, SHIFTS, shifted
+    x = images[index:index + 1]
+    fig, axes = plt.subplots(len(SHIFTS), 4, figsize=(6, 1.6 * len(SHIFTS)), dpi=DPI)
+    for row, name in zip(axes, SHIFTS):
+        for severity, ax in enumerate(row):
+            ax.axis("off")
+            if severity and severity not in LEVELS[name]:
+                continue
+            ax.imshow(shifted(x, name, severity)[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name.replace('_', ' ')} {severity}" if severity else "clean", fontsize=8)
+    fig.suptitle("One test digit under every shift and severity", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def redraw_shift(results_path, images_dir, data_dir):
+    """images_dir/shift.png and shift_examples.png from the shift study's results; returns their paths."""
+    figures = {"shift": plot_shift(json.loads(Path(results_path).read_text())["summary"]),
+               "shift_examples": plot_shift_examples(load_mnist_split(data_dir, train=False)[0])}
+    paths = save_figures(figures, images_dir)
+    for fig in figures.values():
+        plt.close(fig)
+    return paths
 
 
 def main(argv=None):

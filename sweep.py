@@ -19,10 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from bn_stats import bn_statistics_metrics
-from config import BATCH_SIZES, COMPARED, DEFAULTS, PLAIN, VARIANTS, Config, config_from_record, variant_key
+from config import (BATCH_SIZES, COMPARED, DEFAULTS, NORM_COSTS_FILE, PLAIN, VARIANTS, Config, config_from_record,
+                    variant_key)
 from data import default_data_dir
 from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
 from runner import run_command, run_configs
+import matplotlib.pyplot as plt
+import numpy as np
+from plots import DPI, by_norm, plain_log_axis, save_figures
 
 SEEDS = (0, 1, 2)
 EPOCHS = 3  # the same budget at every batch size: 3 epochs, i.e. 180,000 training images
@@ -174,6 +178,131 @@ def lr_rule_table(summary):
     return "\n".join(lines)
 
 
+# ---- the batch-size sweep ------------------------------------------------------------------
+BN_EXTRAS = {"test_acc_batch_stats": ("--", "BN, tested with batch statistics"),
+             "test_acc_precise_stats": (":", "BN, running statistics recomputed after training")}
+
+
+def plot_error_band(ax, entries, key, color, style, label, marker="o", fill=True):
+    """Mean test error over seeds of `key` against batch size, with the min-max range as a band."""
+    entries = [e for e in entries if key in e]
+    if not entries:
+        return
+    sizes = [e["batch_size"] for e in entries]
+    ax.plot(sizes, [100 - e[key]["mean"] for e in entries], style, marker=marker, ms=5, color=color, label=label,
+            mfc=None if fill else "white")
+    ax.fill_between(sizes, [100 - e[key]["max"] for e in entries], [100 - e[key]["min"] for e in entries],
+                    color=color, alpha=0.15 if style == "-" else 0.07)
+
+
+BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its own figure: plot_gn_family
+
+
+def plot_batch_size(sweep, costs=None, equal_steps=None):
+    """Test error against the training batch size, one line per norm (left); seconds per epoch (right).
+
+    `equal_steps` (hollow markers): large batches trained for as many steps as batch 64.
+    `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
+    """
+    fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
+    for norm, entries in by_norm(sweep["summary"], BATCH_SIZE_FIGURE).items():
+        color = VARIANTS[norm].color
+        plot_error_band(error_ax, entries, "test_acc", color, "-",
+                        f"{VARIANTS[norm].label}, {entries[0]['epochs']} epochs")
+        for key, (style, label) in BN_EXTRAS.items():
+            plot_error_band(error_ax, entries, key, color, style, label)
+    for norm, entries in by_norm(equal_steps["summary"] if equal_steps else []).items():
+        plot_error_band(error_ax, entries, "test_acc", VARIANTS[norm].color, "-", f"{VARIANTS[norm].label}, the steps of "
+                        f"batch 64 ({', '.join(str(e['epochs']) for e in entries)} epochs)", marker="s", fill=False)
+    sizes = sorted({e["batch_size"] for e in sweep["summary"]})
+    seeds = max(len(e["seeds"]) for e in sweep["summary"])
+    epochs = sweep["summary"][0]["epochs"]
+    title = (f"Test error, mean over {seeds} seeds (band: min-max)\nfilled markers: after {epochs} epochs; "
+             f"hollow: after as many steps as {epochs} epochs at batch 64" if equal_steps else
+             f"Test error after {epochs} epochs, mean over {seeds} seeds (band: min-max)")
+    error_ax.set(title=title,
+                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
+    plain_log_axis(error_ax)
+    if costs:
+        plot_costs(time_ax, costs)
+    else:
+        time_ax.text(0.5, 0.5, "no time measured:\npython bench.py --norm-costs", ha="center", va="center",
+                     transform=time_ax.transAxes)
+    for ax in (error_ax, time_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_costs(ax, costs):
+    """Seconds per training epoch of each norm against batch size, from bench.py --norm-costs."""
+    for norm, by_batch in costs["results"].items():
+        sizes = sorted(by_batch, key=int)
+        ax.plot([int(b) for b in sizes], [by_batch[b]["train_epoch_s"] for b in sizes], marker="o", ms=4,
+                color=VARIANTS[norm].color, label=norm.upper())
+    hw = costs["hardware"]
+    ax.set(title=f"Training time per epoch (bench.py --norm-costs)\n{hw['processor']}, {hw['torch_threads']} "
+                 f"thread(s), norms side by side", xlabel="training batch size (log2 scale)",
+           ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
+
+
+def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
+    """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path.
+
+    `sweep`, `equal_steps`: other files than results_dir's batch_size_sweep.json and
+    batch_size_equal_steps.json. None (nothing drawn) when there is no sweep: equal steps alone make no figure.
+    """
+    def read(path):
+        return json.loads(Path(path).read_text()) if Path(path).exists() else None
+
+    results_dir = Path(results_dir)
+    sweep = read(sweep or results_dir / "batch_size_sweep.json")
+    if sweep is None:
+        return None
+    fig = plot_batch_size(sweep, read(results_dir / NORM_COSTS_FILE),
+                          read(equal_steps or results_dir / "batch_size_equal_steps.json"))
+    path = save_figures({"batch_size": fig}, images_dir)[0]
+    plt.close(fig)
+    family = plot_gn_family(sweep["summary"])  # once GN(2) or IN have run: images_dir/gn_family.png
+    if family is not None:
+        save_figures({"gn_family": family}, images_dir)
+        plt.close(family)
+    return path
+
+
+def plot_gn_family(summary):
+    """Test error against the number of groups, LN (1) -> GN(2) -> GN (4) -> IN (one per channel), one line per
+    batch size of the sweep where GN(2) or IN ran; None when neither has run yet."""
+    from config import GN_FAMILY
+    entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
+    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
+    if not sizes:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=DPI)
+    ticks = ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
+    for b, color in zip(sizes, plt.cm.viridis(np.linspace(0, 0.85, len(sizes)))):
+        points = [(i, entries[(n, b)]["test_acc"]) for i, n in enumerate(GN_FAMILY) if (n, b) in entries]
+        xs = [i for i, _ in points]
+        ax.plot(xs, [100 - a["mean"] for _, a in points], marker="o", color=color, label=f"batch {b}")
+        ax.fill_between(xs, [100 - a["max"] for _, a in points], [100 - a["min"] for _, a in points],
+                        color=color, alpha=0.15)
+    seeds = max(len(e["seeds"]) for e in entries.values())
+    epochs = next(iter(entries.values()))["epochs"]
+    ax.set(title=f"The GN family: test error after {epochs} epochs, mean of {seeds} seeds (band: min-max)",
+           xlabel="groups of GroupNorm (widths 8-16 channels)", ylabel="test error (%, log scale)",
+           xticks=range(len(ticks)))
+    ax.set_xticklabels(ticks)
+    plain_log_axis(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(sizes), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 # ---- the command ------------------------------------------------------------------------------------
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
@@ -230,7 +359,6 @@ def main(argv=None):
                                            args.gpus_per_run, measure=bn_statistics_metrics, order=run_order),
                        results, args.data_dir or default_data_dir(), args.device, args.address)
     if code == 0 and name in ("sweep", "equal_steps"):
-        from plots import redraw_batch_size  # matplotlib only where a figure is drawn
         path = redraw_batch_size(results.parent, args.images, **{name: results})
         print(f"wrote {path}" if path else f"no batch_size_sweep.json beside {results}: no figure drawn")
     return code

@@ -1,4 +1,5 @@
-"""plots.py: every figure (the study's, the batch-size sweep's, the LR range's), drawn from result files alone."""
+"""Every figure (the study's in plots.py; the batch-size sweep's and the LR range's in their modules), drawn from
+result files alone."""
 import json
 import math
 from dataclasses import asdict
@@ -14,7 +15,10 @@ from config import STUDY_L1, Config
 from data import DeviceLoader
 from model import Net
 from runner import model_path
-from plots import (DPI, collect_misclassified, plot_accuracy, plot_batch_size, plot_lr_range,
+import sweep
+from lr_range import plot_lr_range, redraw_lr_range
+from sweep import plot_batch_size
+from plots import (DPI, collect_misclassified, plot_accuracy,
                    plot_metric, plot_misclassified, plot_train_vs_test)
 from utils import set_seed
 
@@ -208,7 +212,7 @@ def test_redraw_batch_size_reads_the_sweep_equal_steps_and_costs_files(tmp_path)
     (results / "batch_size_equal_steps.json").write_text(json.dumps(
         fake_sweep(batch_sizes=(128, 256, 512), epochs=None)))
     (results / "bench_cpu_norms.json").write_text(json.dumps(fake_costs()))
-    path = plots.redraw_batch_size(results, tmp_path / "images")
+    path = sweep.redraw_batch_size(results, tmp_path / "images")
     assert path == tmp_path / "images" / "batch_size.png"
     check_figures(tmp_path / "images", {"batch_size": (1680, 660)})
 
@@ -235,16 +239,16 @@ def test_lr_range_plot_one_panel_per_optimizer_and_a_mark_where_a_seed_diverged(
     assert list(bn_line.get_xdata()) == [0.001, 0.01] and list(bn_line.get_ydata()) == pytest.approx([1.0, 0.8])
     assert list(bn_diverged.get_xdata()) == [0.1] and bn_diverged.get_marker() == "x"
     (tmp_path / "lr.json").write_text(json.dumps({"summary": summary, "runs": []}))
-    assert plots.redraw_lr_range(tmp_path / "lr.json", tmp_path / "images") == tmp_path / "images" / "lr_range.png"
+    assert redraw_lr_range(tmp_path / "lr.json", tmp_path / "images") == tmp_path / "images" / "lr_range.png"
     assert mpimg.imread(tmp_path / "images" / "lr_range.png").shape[1::-1] == (1680, 600)
 
 
 def test_gn_family_figure_runs_from_one_group_to_one_channel_per_group():
     entry = lambda norm, b, acc: {"norm": norm, "batch_size": b, "epochs": 3, "seeds": [0, 1, 2],  # noqa: E731
                                   "test_acc": {"mean": acc, "std": 0.1, "min": acc - 0.1, "max": acc + 0.1}}
-    assert plots.plot_gn_family([entry("gn", 2, 99.2), entry("ln", 2, 99.1)]) is None  # neither GN(2) nor IN ran
+    assert sweep.plot_gn_family([entry("gn", 2, 99.2), entry("ln", 2, 99.1)]) is None  # neither GN(2) nor IN ran
     summary = [entry(n, b, 99.0 + i / 10) for b in (2, 64) for i, n in enumerate(("ln", "gn2", "gn", "in"))]
-    ax = plots.plot_gn_family(summary).axes[0]
+    ax = sweep.plot_gn_family(summary).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
     assert [line.get_label() for line in ax.get_lines()] == ["batch 2", "batch 64"]
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([1.0, 0.9, 0.8, 0.7])
