@@ -106,3 +106,60 @@ def test_every_relative_link_and_anchor_resolves(doc):
         assert resolved.exists(), f"{doc}: {target} does not exist"
         if anchor:
             assert anchor in anchors(resolved), f"{doc}: no heading for #{anchor} in {resolved.name}"
+
+
+# ---- sections on small synthetic results, against answers worked out by hand ------------------------------
+def write(folder, name, obj):
+    import json
+    (folder / name).write_text(json.dumps(obj))
+
+
+def study_record(label, norm, seed, acc, cpu="Some CPU", **extra):
+    return {"variant": label, "params": 7410, "device": "cpu", "torch": "2.0", "cpu": cpu, "threads": 1,
+            "config": {"norm": norm, "seed": seed, "l1": 1e-5 if label == "BN+L1" else 0.0},
+            "epochs": [{"epoch": 1, "test_acc": acc, "train_acc": acc - 1, "seconds": 10.0}], **extra}
+
+
+def test_seeds_section_by_hand(tmp_path):
+    from study import summarize
+    runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.6, 99.7])]
+    runs += [study_record("LN", "ln", s, a, cpu="Other CPU", fingerprint={"x": 1}) for s, a in enumerate([99.2, 99.3, 99.4])]
+    write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
+    text = report.seeds_section(tmp_path)
+    # difference 0.3, se 0.0816, df 4: t 2.776 -> 0.073 to 0.527; detectable (2.776 + 0.941) x 0.0816 = 0.304
+    assert "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | 0.304 |" in text
+    assert "6 runs (seeds 0, 1, 2); trained on Some CPU (3 runs), Other CPU (3 runs); 1 distinct fingerprint(s)" in text
+    assert "1 of 1 pairs have a 95% interval that excludes 0" in text and "about 0.30 points" in text
+
+
+def test_l1_weights_section_by_hand(tmp_path):
+    layer = lambda values, zero: {"l2": {"mean": sum(values) / 3, "std": 0.1, "values": values},  # noqa: E731
+                                  "l1": {"mean": 1.0, "std": 0.0, "values": [1.0] * 3}, "numel": 72,
+                                  "near_zero_percent": {"mean": zero, "std": 0.0, "values": [zero] * 3}}
+    write(tmp_path, "l1_weights.json", {"seeds": [0, 1, 2], "l1_lambda": 1e-5, "sparse_fraction": 0.01, "layers": {
+        "BN": {"features.0.0": layer([6.0, 6.1, 6.2], 3.0), "head": layer([14.0, 14.1, 14.2], 1.0)},
+        "BN+L1": {"features.0.0": layer([5.0, 5.1, 5.2], 9.0), "head": layer([14.1, 14.2, 14.3], 1.0)}}})
+    text = report.l1_weights_section(tmp_path)
+    assert "| conv 1 | 72 | 6.10 ± 0.10 | 5.10 ± 0.10 | 0.84 | 3.0 ± 0.0% | 9.0 ± 0.0% |" in text
+    assert "separated between BN and BN+L1 in 1 of 1 normalized convs, the near-zero share in 1 of 1" in text
+    assert text.endswith("the head's L2 norm is not separated.")  # 14.0-14.2 against 14.1-14.3 overlap
+
+
+def test_gn_family_section_by_hand(tmp_path):
+    entry = lambda norm, b, acc: {"norm": norm, "batch_size": b, "epochs": 3, "seeds": [0, 1],  # noqa: E731
+                                  "test_acc": {"mean": acc, "std": 0.05, "min": acc - 0.05, "max": acc + 0.05}}
+    assert report.gn_family_section(tmp_path).startswith("Not run yet")  # no sweep file at all
+    runs = [{"config": {"norm": "gn", "gn_groups": 2, "seed": 0, "batch_size": 8}, "device": "cpu", "torch": "2.0",
+             "cpu": "Some CPU", "threads": 1}]
+    write(tmp_path, "batch_size_sweep.json", {"summary": [entry("ln", 8, 99.1), entry("gn2", 8, 99.2), entry("gn", 8, 99.3),
+                                                          entry("gn", 64, 99.0)], "runs": runs})
+    lines = report.gn_family_section(tmp_path).splitlines()
+    assert lines[0] == "| batch | epochs | LN (1 group) | GN(2) (2 groups) | GN (4 groups) | IN (1 channel per group) |"
+    assert lines[2] == "| 8 | 3 | 99.10 ± 0.05 | 99.20 ± 0.05 | 99.30 ± 0.05 | - |"  # only where GN(2) or IN ran
+    assert len(lines) == 5 and "GN(2) and IN: 1 runs (seeds 0)" in lines[4]
+
+
+def test_model_section_counts_every_parameter():
+    lines = report.model_section(RESULTS).splitlines()
+    assert lines[2] == "| conv 3x3 → norm → ReLU | 8, 26, 26 | 88 |"  # 1 x 8 x 3 x 3 = 72 weights, 8 + 8 affine
+    assert lines[-1] == "| **total** | | **7,410** |" and lines[-2] == "| head: conv 1x1 with bias | 10 logits | 130 |"
