@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_main
 from config import Config, run_name
-from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, eval_batch_size, load_mnist,
+from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist,
                   random_affine)
 
 
@@ -30,11 +30,6 @@ def test_validation_split_is_held_out_of_training_by_a_fixed_permutation(tiny_mn
     assert torch.equal(a["train"][0][:100], b["train"][0]) and len(b["train"][1]) == 100
     with pytest.raises(DataError, match="--val-split must be between 1 and 2047"):
         load_mnist(tiny_mnist, cpu, val_split=2048)
-
-
-def test_eval_batch_size_per_device():
-    assert eval_batch_size(torch.device("cpu")) == 256
-    assert eval_batch_size(torch.device("cuda")) == 1000
 
 
 # ---- DeviceLoader and augmentation ----------------------------------------------------------------
