@@ -323,7 +323,7 @@ def l1_weights_section(results):
 
 
 def no_norm_section(results):
-    """No normalization at the study's recipe, beside the study's variants; its LR range and sweep points."""
+    """No normalization at the study's recipe, in one table with the study's variants."""
     none = read_if_run(results, "study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")
     if isinstance(none, str):
         return none
