@@ -4,7 +4,6 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-import plots
 import sweep
 from config import BATCH_SIZES, Config, run_name
 
@@ -35,7 +34,7 @@ def test_smoke_sweep_writes_results_and_figure(tiny_mnist, tmp_path):
 
 def test_half_finished_sweep_resumes_and_skips_recorded_runs(tiny_mnist, tmp_path, capsys, monkeypatch):
     # the figure is test_smoke_sweep's business: here only the runs and the results file count
-    monkeypatch.setattr(plots, "redraw_batch_size", lambda *args, **kwargs: "no figure")
+    monkeypatch.setattr(sweep, "redraw_batch_size", lambda *args, **kwargs: "no figure")
     assert run_sweep(tiny_mnist, tmp_path, "--batch-sizes", "8") == 0  # 3 of the 6 runs below
     first = json.loads((tmp_path / "sweep.json").read_text())["runs"]
     assert len(first) == 3
