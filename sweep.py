@@ -290,7 +290,8 @@ def plot_gn_family(summary):
         ax.plot(xs, [100 - a["mean"] for _, a in points], marker="o", color=color, label=f"batch {b}")
         ax.fill_between(xs, [100 - a["max"] for _, a in points], [100 - a["min"] for _, a in points],
                         color=color, alpha=0.15)
-    seeds = max(len(e["seeds"]) for e in entries.values())
+    counts = sorted({len(e["seeds"]) for e in entries.values()})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     epochs = next(iter(entries.values()))["epochs"]
     ax.set(title=f"The GN family: test error after {epochs} epochs, mean of {seeds} seeds (band: min-max)",
            xlabel="groups of GroupNorm (widths 8-16 channels)", ylabel="test error (%, log scale)",
