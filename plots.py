@@ -233,12 +233,15 @@ def by_norm(summary, keys=None):
     return groups
 
 
+NOTEBOOK_DPI = 90  # figures shown in the notebook: lighter than the files in images/, so the saved notebook stays small
+
+
 def png(fig):
-    """The figure as PNG bytes at the fixed DPI: a notebook shows them with IPython.display.Image(data=...),
+    """The figure as PNG bytes at NOTEBOOK_DPI: a notebook shows them with IPython.display.Image(data=...),
     which GitHub renders in the saved notebook (a closed figure passed to display() is saved as text only)."""
     import io
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=NOTEBOOK_DPI)
     return buffer.getvalue()
 
 
