@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from config import BATCH_SIZES, COMPARED, TRAIN_IMAGES, Config
+from config import BATCH_SIZES, COMPARED, TRAIN_IMAGES, Config, Engine
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, eval_batch_size, load_mnist
 from model import NORMS, Net
 from system import cpu_name, keep_freed_memory
@@ -379,7 +379,7 @@ def main_workers_speedup(args):
             for workers in ((1, 2) if i % 2 == 0 else (2, 1)):
                 folder = Path(scratch) / f"round{i}_w{workers}"
                 began = time.perf_counter()
-                runs = run_configs(configs, folder / "r.json", summarize_study, folder / "runs", workers=workers,
+                runs = run_configs(configs, folder / "r.json", summarize_study, Engine(str(folder / "runs"), workers),
                                    log=lambda line: None)
                 walls[workers].append(time.perf_counter() - began)
                 accuracies.setdefault(workers, {run_name(config_from_record(r["config"])): r["epochs"][-1]["test_acc"]

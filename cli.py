@@ -5,7 +5,7 @@ torch, torchvision or matplotlib are imported.
 """
 import os
 
-from config import DATA_DIR_ENV, DEVICES
+from config import DATA_DIR_ENV, DEVICES, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, IMAGES_DIR, PLAIN, Engine
 
 
 PATHS_NOTE = "Relative paths (--out, --results, --images, --data-dir) are relative to the working folder."
@@ -36,3 +36,31 @@ def add_data_and_device_flags(parser, device_default="auto"):
     """--data-dir and --device, spelled once for every command."""
     parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     parser.add_argument("--device", default=device_default, choices=DEVICES, help="device")
+
+
+NORMS_HELP = "normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)"
+
+
+def add_experiment_flags(parser, norms, out, results, results_help, figure, epochs_help="epochs of every run"):
+    """The flags of an experiment's command line (sweep.py, lr_range.py): which norms, seeds and epochs,
+    where the data, runs, results and figure go, and the engine flags."""
+    add = parser.add_argument
+    add("--norms", nargs="+", default=list(norms), choices=PLAIN, help=NORMS_HELP)
+    add("--seeds", type=int, nargs="+", default=list(EXPERIMENT_SEEDS), help="seeds, one run each")
+    add("--epochs", type=int, default=EXPERIMENT_EPOCHS, help=epochs_help)
+    add_data_and_device_flags(parser)
+    add("--out", default=out, help="folder for the run folders")
+    add("--results", default=results, help=results_help)
+    add("--images", default=IMAGES_DIR, help=f"folder for the figure {figure}")
+    add_engine_flags(parser)
+
+
+def check_experiment_args(parser, args):
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    check_engine_args(parser, args)
+
+
+def engine_from_args(args):
+    """The Engine the flags ask for (--out, --workers, --address, --gpus-per-run)."""
+    return Engine(str(args.out), args.workers, args.address, args.gpus_per_run)

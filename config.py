@@ -45,6 +45,17 @@ SGD_MOMENTUM = 0.9  # as built; the one-cycle schedule then cycles it 0.95 -> 0.
 STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
 # the training batch sizes the experiments compare (the batch-size sweep, bench.py --norm-costs)
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
+# the short recipe of the experiments (the batch-size sweep, the LR range): 3 epochs, i.e. 180,000 images
+EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS = (0, 1, 2), 3
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How runs are trained: handed to runner.run_configs by every multi-run command and the notebook."""
+    out: str = "runs"                # folder for the run folders
+    workers: int = 1                 # runs at a time (1: in this process, without Ray)
+    address: str | None = None       # a Ray cluster to join instead of starting one
+    gpus_per_run: float | None = None  # share of a GPU per run (unset: runner's default)
 
 
 @dataclass(frozen=True)

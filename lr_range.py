@@ -14,19 +14,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from config import COMPARED, OPTIMIZERS, PLAIN, VARIANTS, Config, config_from_record, variant_key
-from data import default_data_dir
-from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
-from runner import run_command, run_configs
-import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
-from plots import DPI, by_norm, plain_log_axis, save_figures
+from cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
+from config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS, Config,
+                    config_from_record, default_data_dir, variant_key)
+# torch (runner) and matplotlib (plots) are imported where runs train and the figure is drawn
 
-SEEDS = (0, 1, 2)
-EPOCHS = 3
+SEEDS, EPOCHS = EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS
 LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)}
 USABLE = 1.5  # an LR is usable when no seed diverged and the mean test error is within 1.5x the norm's best
-RESULTS = "results/lr_range.json"
+RESULTS = f"{RESULTS_DIR}/lr_range.json"
 
 
 def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=COMPARED, lrs=None):
@@ -111,6 +107,9 @@ def cell(entry):
 def plot_lr_range(summary):
     """Test error against peak LR (log-log), one panel per optimizer, one line per norm; x: a seed diverged."""
     optimizers = list(dict.fromkeys(e["optimizer"] for e in summary))
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+    from plots import DPI, by_norm, plain_log_axis
     fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers), 5), dpi=DPI, squeeze=False)
     for ax, optimizer in zip(axes[0], optimizers):
         for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
@@ -138,6 +137,8 @@ def plot_lr_range(summary):
 
 def redraw_lr_range(results_path, images_dir):
     """images_dir/lr_range.png from the LR-range results file; returns its path."""
+    import matplotlib.pyplot as plt
+    from plots import save_figures
     fig = plot_lr_range(json.loads(Path(results_path).read_text())["summary"])
     path = save_figures({"lr_range": fig}, images_dir)[0]
     plt.close(fig)
@@ -151,29 +152,22 @@ def make_parser():
     add("--optimizer", default="adam", choices=OPTIMIZERS, help="optimizer of every run")
     add("--lrs", type=float, nargs="+", default=None, help="peak LRs (unset: " + "; ".join(
         f"{o}: {', '.join(map(str, lrs))}" for o, lrs in LRS.items()) + ")")
-    add("--norms", nargs="+", default=list(COMPARED), choices=PLAIN,
-        help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
-    add("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run each")
-    add("--epochs", type=int, default=EPOCHS, help="epochs of every run")
-    add_data_and_device_flags(p)
-    add("--out", default="runs/lr_range", help="folder for the run folders")
-    add("--results", default=RESULTS, help="results JSON (runs of every optimizer share it)")
-    add("--images", default="images", help="folder for the figure lr_range.png")
-    add_engine_flags(p)
+    add_experiment_flags(p, COMPARED, "runs/lr_range", RESULTS, "results JSON (runs of every optimizer share it)",
+                         "lr_range.png")
     return p
 
 
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    if args.epochs < 1 or min(args.lrs or [1]) <= 0:
-        parser.error("--epochs must be >= 1 and every --lrs value > 0")
-    check_engine_args(parser, args)
+    check_experiment_args(parser, args)
+    if min(args.lrs or [1]) <= 0:
+        parser.error("every --lrs value must be > 0")
+    from runner import run_command, run_configs
     base = Config(epochs=args.epochs, data_dir=args.data_dir or default_data_dir(), device=args.device)
     configs = lr_range_configs(base, args.optimizer, args.seeds, args.norms, args.lrs)
     results = Path(args.results)
-    code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
-                                           args.gpus_per_run, order=run_order),
+    code = run_command(lambda: run_configs(configs, results, summarize, engine_from_args(args), order=run_order),
                        results, base.data_dir, args.device, args.address)
     if code == 0:
         print(lr_range_table(json.loads(results.read_text())["summary"]))

@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
+from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args, engine_from_args
 from config import (IDENTITY, IMAGES_DIR, NORMS, OPTIMIZERS, RESULTS_DIR, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS,
                     Config, default_data_dir, run_name)
 # torch, torchvision and Ray are imported inside the functions that use them, after the flags are checked:
@@ -133,10 +133,9 @@ def study(config, args):
     """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote."""
     from runner import run_command
     from study import results_file, run_study, summary_table
-    engine = dict(out=args.out, workers=args.workers, address=args.address, gpus_per_run=args.gpus_per_run)
     seeds = args.seeds or [config.seed]
     base = replace(config, l1=0.0)  # --l1 sets the lambda of the variants with L1 only
-    code = run_command(lambda: run_study(base, seeds, args.results, args.variants, args.l1, **engine),
+    code = run_command(lambda: run_study(base, seeds, args.results, args.variants, args.l1, engine_from_args(args)),
                        results_file(args.results, args.variants), config.data_dir, config.device, args.address)
     if code:
         return code

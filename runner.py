@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import Config, config_from_record, run_label, run_name, same_run
+from config import Config, Engine, config_from_record, run_label, run_name, same_run
 from data import DataError, ensure_mnist, ensure_mnist_on_this_node, load_mnist
 from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
 from model import Net, count_parameters
@@ -231,9 +231,11 @@ def _on_ray(function, items, workers, address, resources):
             ray.shutdown()  # (force-cancelling each task instead raced with their replies and aborted Ray 2.60)
 
 
-def run_configs(configs, results, summarize, out="runs", workers=1, address=None, gpus_per_run=None,
-                measure=None, models_dir=None, order=None, log=print):
+def run_configs(configs, results, summarize, engine=Engine(), measure=None, models_dir=None, order=None, log=print):
     """Train every config not yet recorded in `results`, recording each run as soon as it finishes.
+
+    `engine` (config.Engine) says where the run folders go and how the runs are spread: `workers` at a
+    time, on the Ray cluster at `address` if given, each with `gpus_per_run` of a GPU on a GPU.
 
     `summarize(runs)` writes the file's summary; `models_dir` keeps each run's final weights as
     models_dir/<run name>.pt; `order(run)` sorts the runs in the file. A run whose loss stopped being
@@ -243,8 +245,9 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
     if order is None:  # the configs' own order, whatever order the runs finish in
         position = {run_name(c): i for i, c in enumerate(configs)}
         order = lambda run: position.get(run_name(config_from_record(run["config"])), len(position))  # noqa: E731
+    workers, address = engine.workers, engine.address
     shown = Path(results)  # as given, in messages; absolute for the workers (and the same path on every node)
-    results, out = Path(results).absolute(), str(Path(out).absolute())
+    results, out = Path(results).absolute(), str(Path(engine.out).absolute())
     configs = [replace(c, data_dir=str(Path(c.data_dir).absolute())) for c in configs]  # not part of a run's identity
     results.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
@@ -258,7 +261,7 @@ def run_configs(configs, results, summarize, out="runs", workers=1, address=None
             in_here = workers == 1 and not address
             tasks = [(config, out, measure, write if in_here else None) for config in todo]
             resources = (None if in_here or not todo else
-                         cluster_resources(todo[0].device, gpus_per_run, workers, address))
+                         cluster_resources(todo[0].device, engine.gpus_per_run, workers, address))
             with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
                 for (config, *_), result, error in stream:
                     run, weights = result or (None, None)

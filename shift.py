@@ -19,20 +19,43 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
-from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm
-from config import VARIANTS
-from data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node, eval_batch_size,
-                  load_mnist_split, normalize)
-from input_shifts import LEVELS, SHIFTS, shifted
 from cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
-from runner import map_tasks
-from study import STUDY_VARIANTS, results_file, run_key
-from system import WriteError, cpu_name, save_json
-from utils import evaluate
-import matplotlib.pyplot as plt
-from plots import DPI, plain_log_axis, save_figures
+from config import RESULTS_DIR, IMAGES_DIR
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results", default=RESULTS_DIR, help="folder with study.json, study_bn.json and models/")
+    p.add_argument("--images", default=IMAGES_DIR, help="folder for shift.png and shift_examples.png")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    add_engine_flags(p)
+    return p
+
+
+def parse_args(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_engine_args(parser, args)
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and a bad flag are answered here, before torch and matplotlib are imported below
+
+import torch  # noqa: E402
+
+from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm  # noqa: E402
+from config import VARIANTS  # noqa: E402
+from data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node,  # noqa: E402
+                  eval_batch_size, load_mnist_split, normalize)
+from input_shifts import LEVELS, SHIFTS, shifted  # noqa: E402
+from runner import map_tasks  # noqa: E402
+from study import STUDY_VARIANTS, results_file, run_key  # noqa: E402
+from system import WriteError, cpu_name, save_json  # noqa: E402
+from utils import evaluate  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+from plots import DPI, plain_log_axis, save_figures  # noqa: E402
 
 STUDIES = (STUDY_VARIANTS, ("bn",))  # the results files whose models are evaluated
 BN_MODES = ("running", "test_batch", "adapted")
@@ -219,14 +242,7 @@ def redraw_shift(results_path, images_dir, data_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--results", default="results", help="folder with study.json, study_bn.json and models/")
-    p.add_argument("--images", default="images", help="folder for shift.png and shift_examples.png")
-    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    add_engine_flags(p)
-    args = p.parse_args(argv)
-    check_engine_args(p, args)
+    args = parse_args(argv)
     try:
         paths = run(args.results, args.images, args.data_dir or default_data_dir(), args.workers, args.address)
     except (OSError, DataError, WriteError, RuntimeError) as error:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config import STUDY_VARIANTS, VARIANTS, config_from_record, variant_key
+from config import STUDY_VARIANTS, VARIANTS, Engine, config_from_record, variant_key
 from runner import run_configs
 from stats import ALPHA, POWER, welch
 
@@ -32,16 +32,16 @@ def results_file(results_dir, variants=STUDY_VARIANTS):
     return Path(results_dir) / f"{name}.json"
 
 
-def run_study(base, seeds, results_dir, variants=STUDY_VARIANTS, l1=None, **engine):
+def run_study(base, seeds, results_dir, variants=STUDY_VARIANTS, l1=None, engine=Engine(), log=print):
     """Train every run of the study not yet recorded; returns all its runs (see runner.run_configs).
 
-    The results file is results_file(results_dir, variants); weights go to results_dir/models.
-    `engine`: out, workers, address, gpus_per_run, log.
+    The results file is results_file(results_dir, variants); weights go to results_dir/models;
+    `engine` (config.Engine) says where run folders go and how many runs train at once.
     """
     order = {key: i for i, key in enumerate(variants)}
     return run_configs(study_configs(base, seeds, variants, l1), results_file(results_dir, variants), summarize,
-                       models_dir=Path(results_dir) / "models",
-                       order=lambda run: (run["config"]["seed"], order[run_key(run)]), **engine)
+                       engine, models_dir=Path(results_dir) / "models",
+                       order=lambda run: (run["config"]["seed"], order[run_key(run)]), log=log)
 
 
 def run_key(run):

@@ -18,26 +18,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bn_stats import bn_statistics_metrics
-from config import (BATCH_SIZES, COMPARED, DEFAULTS, NORM_COSTS_FILE, PLAIN, VARIANTS, Config, config_from_record,
-                    variant_key)
-from data import default_data_dir
-from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args
-from runner import run_command, run_configs
-import matplotlib.pyplot as plt
-import numpy as np
-from plots import DPI, by_norm, plain_log_axis, save_figures
+from cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
+from config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY, NORM_COSTS_FILE,
+                    PLAIN, RESULTS_DIR, VARIANTS, Config, config_from_record, default_data_dir, variant_key)
+# torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
+# tables and summaries need neither, and --help or a bad flag is answered before them
 
-SEEDS = (0, 1, 2)
-EPOCHS = 3  # the same budget at every batch size: 3 epochs, i.e. 180,000 training images
+SEEDS, EPOCHS = EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS  # the same budget at every batch size
 BASE_LR, BASE_BATCH, LR_CAP = DEFAULTS.lr, DEFAULTS.batch_size, 0.05  # the study's peak LR at its batch, a ceiling
 LR_RULES = {"constant": lambda b: 1.0, "sqrt": lambda b: math.sqrt(b / BASE_BATCH),
             "linear": lambda b: b / BASE_BATCH}
 LR_RULE = "constant"  # chosen on the validation split by --select-lr: results/batch_size_lr_rule.json
 SELECTION_BATCH_SIZES, SELECTION_VAL_SPLIT = (512, 4), 10_000
 EQUAL_STEPS_BATCH_SIZES = (128, 256, 512)  # trained for as many steps as batch 64 took in EPOCHS epochs
-RESULTS = {"sweep": "results/batch_size_sweep.json", "equal_steps": "results/batch_size_equal_steps.json",
-           "select_lr": "results/batch_size_lr_rule.json", "own_lr": "results/batch_size_own_lr.json"}
+RESULTS = {name: f"{RESULTS_DIR}/batch_size_{file}.json" for name, file in
+           [("sweep", "sweep"), ("equal_steps", "equal_steps"), ("select_lr", "lr_rule"), ("own_lr", "own_lr")]}
 
 
 def peak_lr(batch_size, rule=LR_RULE):
@@ -204,6 +199,8 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     `equal_steps` (hollow markers): large batches trained for as many steps as batch 64.
     `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
     """
+    import matplotlib.pyplot as plt
+    from plots import DPI, by_norm, plain_log_axis
     fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
     for norm, entries in by_norm(sweep["summary"], BATCH_SIZE_FIGURE).items():
         color = VARIANTS[norm].color
@@ -256,6 +253,9 @@ def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
     `sweep`, `equal_steps`: other files than results_dir's batch_size_sweep.json and
     batch_size_equal_steps.json. None (nothing drawn) when there is no sweep: equal steps alone make no figure.
     """
+    import matplotlib.pyplot as plt
+    from plots import save_figures
+
     def read(path):
         return json.loads(Path(path).read_text()) if Path(path).exists() else None
 
@@ -277,14 +277,15 @@ def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
 def plot_gn_family(summary):
     """Test error against the number of groups, LN (1) -> GN(2) -> GN (4) -> IN (one per channel), one line per
     batch size of the sweep where GN(2) or IN ran; None when neither has run yet."""
-    from config import GN_FAMILY
+    import matplotlib.pyplot as plt
+    from plots import DPI, plain_log_axis
     entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
     sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
     if not sizes:
         return None
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=DPI)
     ticks = ["1 (LN)", "2", "4 (GN)", "1 channel\nper group (IN)"]
-    for b, color in zip(sizes, plt.cm.viridis(np.linspace(0, 0.85, len(sizes)))):
+    for b, color in zip(sizes, plt.cm.viridis([0.85 * i / max(1, len(sizes) - 1) for i in range(len(sizes))])):
         points = [(i, entries[(n, b)]["test_acc"]) for i, n in enumerate(GN_FAMILY) if (n, b) in entries]
         xs = [i for i, _ in points]
         ax.plot(xs, [100 - a["mean"] for _, a in points], marker="o", color=color, label=f"batch {b}")
@@ -308,25 +309,18 @@ def plot_gn_family(summary):
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
-    add_data_and_device_flags(p)
-    add("--norms", nargs="+", default=list(COMPARED), choices=PLAIN,
-        help="normalizations (gn2: GN with 2 groups; in: InstanceNorm; none: no normalization)")
-    add("--batch-sizes", type=int, nargs="+", default=None,
-        help=f"training batch sizes (unset: {', '.join(map(str, BATCH_SIZES))}; with --equal-steps "
-             f"{', '.join(map(str, EQUAL_STEPS_BATCH_SIZES))})")
-    add("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run each")
-    add("--epochs", type=int, default=EPOCHS, help="epochs of every run (with --equal-steps: at batch 64)")
-    add("--out", default="runs/batch_size", help="folder for the run folders")
-    add("--results", default=None, help="results JSON (unset: " + ", ".join(f"{v} ({k})" for k, v in RESULTS.items()) + ")")
-    add("--images", default="images", help="folder for the figure batch_size.png")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help=f"training batch sizes (unset: {', '.join(map(str, BATCH_SIZES))}; with --equal-steps "
+                        f"{', '.join(map(str, EQUAL_STEPS_BATCH_SIZES))})")
+    add_experiment_flags(p, COMPARED, "runs/batch_size", None,
+                         "results JSON (unset: " + ", ".join(f"{v} ({k})" for k, v in RESULTS.items()) + ")",
+                         "batch_size.png", epochs_help="epochs of every run (with --equal-steps: at batch 64)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--equal-steps", action="store_true", help="large batches for the steps of batch 64 instead")
     what.add_argument("--select-lr", action="store_true", help="the LR-rule selection on the validation split instead")
     what.add_argument("--own-lr", action="store_true",
                       help=f"equal steps at batch {SELECTION_BATCH_SIZES[0]} with each norm's best rule in "
                            f"{RESULTS['select_lr']}, for the norms whose rule is not '{LR_RULE}'")
-    add_engine_flags(p)
     return p
 
 
@@ -348,16 +342,18 @@ def experiment(args):
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    if args.epochs < 1 or min(args.batch_sizes or [1]) < 1:
-        parser.error("--epochs and every --batch-sizes value must be >= 1")
-    check_engine_args(parser, args)
+    check_experiment_args(parser, args)
+    if min(args.batch_sizes or [1]) < 1:
+        parser.error("every --batch-sizes value must be >= 1")
     try:
         name, configs, summarize = experiment(args)
     except (OSError, ValueError) as error:  # --own-lr without a usable selection file
         parser.error(f"{error}; run `python sweep.py --select-lr` first")
+    from bn_stats import bn_statistics_metrics
+    from runner import run_command, run_configs
     results = Path(args.results or RESULTS[name])
-    code = run_command(lambda: run_configs(configs, results, summarize, args.out, args.workers, args.address,
-                                           args.gpus_per_run, measure=bn_statistics_metrics, order=run_order),
+    code = run_command(lambda: run_configs(configs, results, summarize, engine_from_args(args),
+                                           measure=bn_statistics_metrics, order=run_order),
                        results, args.data_dir or default_data_dir(), args.device, args.address)
     if code == 0 and name in ("sweep", "equal_steps"):
         path = redraw_batch_size(results.parent, args.images, **{name: results})

@@ -12,7 +12,7 @@ import torch
 
 import runner
 from conftest import OFFLINE, ROOT, start_main, wait_until
-from config import Config, config_from_record, run_name
+from config import Config, Engine, config_from_record, run_name
 from runner import RunsFailed, run_configs, task_resources
 from study import summarize
 
@@ -42,7 +42,7 @@ def test_workers_1_and_2_give_identical_records_and_weights(tiny_mnist, tmp_path
     records = {}
     for workers in (1, 2):
         folder = tmp_path / f"w{workers}"
-        run_configs(configs(tiny_mnist), folder / "r.json", summarize, folder / "runs", workers=workers,
+        run_configs(configs(tiny_mnist), folder / "r.json", summarize, Engine(str(folder / "runs"), workers),
                     models_dir=folder / "models", log=lambda line: None)
         records[workers] = json.loads((folder / "r.json").read_text())["runs"]
     assert without_seconds(records[1]) == without_seconds(records[2])
@@ -54,9 +54,9 @@ def test_workers_1_and_2_give_identical_records_and_weights(tiny_mnist, tmp_path
 
 def test_a_recorded_run_is_skipped(tiny_mnist, tmp_path):
     results, lines = tmp_path / "r.json", []
-    run_configs(configs(tiny_mnist)[:1], results, summarize, tmp_path / "runs", log=lines.append)
+    run_configs(configs(tiny_mnist)[:1], results, summarize, Engine(str(tmp_path / "runs")), log=lines.append)
     before = results.read_bytes()
-    run_configs(configs(tiny_mnist), results, summarize, tmp_path / "runs", log=lines.append)
+    run_configs(configs(tiny_mnist), results, summarize, Engine(str(tmp_path / "runs")), log=lines.append)
     assert any(line.startswith("1 of 2 runs already in") for line in lines), lines
     runs = json.loads(results.read_text())["runs"]
     assert len(runs) == 2 and json.loads(before)["runs"][0] == runs[0]
@@ -65,10 +65,10 @@ def test_a_recorded_run_is_skipped(tiny_mnist, tmp_path):
 def test_a_run_recorded_on_auto_is_not_trained_again_on_cpu(tiny_mnist, tmp_path):
     # the device says where a run trained, not what it computes: a re-run with --device cpu finds every record
     results, models, lines = tmp_path / "r.json", tmp_path / "models", []
-    run_configs(configs(tiny_mnist, device="auto"), results, summarize, tmp_path / "runs", models_dir=models,
+    run_configs(configs(tiny_mnist, device="auto"), results, summarize, Engine(str(tmp_path / "runs")), models_dir=models,
                 log=lines.append)
     before = {path.name: path.stat().st_mtime_ns for path in models.iterdir()}, results.read_bytes()
-    run_configs(configs(tiny_mnist, device="cpu"), results, summarize, tmp_path / "runs", models_dir=models,
+    run_configs(configs(tiny_mnist, device="cpu"), results, summarize, Engine(str(tmp_path / "runs")), models_dir=models,
                 log=lines.append)
     assert lines[-1].startswith("2 of 2 runs already in"), lines
     assert ({path.name: path.stat().st_mtime_ns for path in models.iterdir()}, results.read_bytes()) == before
@@ -77,8 +77,8 @@ def test_a_run_recorded_on_auto_is_not_trained_again_on_cpu(tiny_mnist, tmp_path
 def test_a_task_that_raises_is_reported_and_the_others_finish(tiny_mnist, tmp_path, local_ray):
     broken = replace(configs(tiny_mnist)[0], norm="gn", gn_groups=3, seed=5)  # 3 divides no width: Net raises
     with pytest.raises(RunsFailed) as failed:
-        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize, tmp_path / "runs",
-                    workers=2, log=lambda line: None)
+        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2),
+                    log=lambda line: None)
     [(name, message)] = failed.value.failures
     assert name == run_name(broken) and "gn_groups=3 must divide every width" in message
     assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 2
@@ -86,10 +86,10 @@ def test_a_task_that_raises_is_reported_and_the_others_finish(tiny_mnist, tmp_pa
 
 def test_a_run_killed_half_way_resumes_from_its_checkpoint(tiny_mnist, tmp_path):
     config = replace(configs(tiny_mnist)[0], epochs=8)
-    whole = run_configs([config], tmp_path / "whole.json", summarize, tmp_path / "whole", log=lambda line: None)
-    script = ("import sys; from runner import run_configs; from study import summarize; from config import Config\n"
+    whole = run_configs([config], tmp_path / "whole.json", summarize, Engine(str(tmp_path / "whole")), log=lambda line: None)
+    script = ("import sys; from runner import run_configs; from study import summarize; from config import Config, Engine\n"
               f"run_configs([Config(**{vars(config)!r})], {str(tmp_path / 'cut.json')!r}, summarize, "
-              f"{str(tmp_path / 'cut')!r})")
+              f"Engine({str(tmp_path / 'cut')!r}))")
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **OFFLINE},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "cut" / run_name(config)
@@ -98,7 +98,7 @@ def test_a_run_killed_half_way_resumes_from_its_checkpoint(tiny_mnist, tmp_path)
     process.wait(timeout=30)
     assert not (tmp_path / "cut.json").exists(), "the run ended before it was killed: nothing to resume"
     lines = []
-    resumed = run_configs([config], tmp_path / "cut.json", summarize, tmp_path / "cut", log=lines.append)
+    resumed = run_configs([config], tmp_path / "cut.json", summarize, Engine(str(tmp_path / "cut")), log=lines.append)
     assert any(f"holds" in line and "of 8 epochs; continuing" in line for line in lines), lines
     assert without_seconds(resumed) == without_seconds(whole)
 
@@ -121,7 +121,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_
                                                         "include_dashboard": False})
 other = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 import ray
-from config import Config
+from config import Config, Engine
 from runner import run_configs
 from study import summarize
 scenario, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -157,7 +157,7 @@ def act():
 ray.init(address=cluster.address)  # the runner joins this cluster (start_ray sees it initialized)
 actor = threading.Thread(target=act, daemon=True)
 actor.start()
-runs = run_configs(configs, out / "r.json", summarize, out / "runs", address=cluster.address, log=lambda line: None)
+runs = run_configs(configs, out / "r.json", summarize, Engine(str(out / "runs"), address=cluster.address), log=lambda line: None)
 actor.join(timeout=60)
 print(json.dumps({"runs": [[r["variant"], r["config"]["seed"], r.get("ray_node")] for r in recorded()],
                   "head": cluster.head_node.node_id, "other": other.node_id}))
@@ -262,7 +262,7 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tm
 
 def test_a_diverged_run_is_recorded_not_failed(tiny_mnist, tmp_path):
     diverging = replace(configs(tiny_mnist)[0], lr=1e30)
-    runs = run_configs([diverging], tmp_path / "r.json", summarize, tmp_path / "runs", models_dir=tmp_path / "models",
+    runs = run_configs([diverging], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs")), models_dir=tmp_path / "models",
                        log=lambda line: None)
     [run] = runs
     assert run["diverged"]["epoch"] == 1 and run["epochs"] == [] and run["params"] == 7410 and run["node"]

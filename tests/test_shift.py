@@ -12,7 +12,7 @@ from torch import nn
 import shift
 from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, folded
 from conftest import check_figures
-from config import Config
+from config import Config, Engine
 from model import Net
 from runner import run_configs
 from study import results_file, summarize as summarize_study
@@ -94,7 +94,7 @@ def test_shift_py_writes_results_and_both_figures_from_saved_models(tiny_mnist, 
     for variants in shift.STUDIES:  # the study's three variants and the BN control, one seed each
         configs = [replace(base, seed=0, norm=k.split("_")[0], l1=1e-5 if k.endswith("_l1") else 0.0)
                    for k in variants]
-        run_configs(configs, results_file(results, variants), summarize_study, tmp_path / "runs",
+        run_configs(configs, results_file(results, variants), summarize_study, Engine(str(tmp_path / "runs")),
                     models_dir=results / "models", log=lambda line: None)
     assert shift.main(["--results", str(results), "--images", str(tmp_path / "images"),
                        "--data-dir", str(tiny_mnist), "--workers", "1"]) == 0
