@@ -1,9 +1,12 @@
-"""Speed: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
+"""Speed, one job per command: the data pipelines, what each norm costs, and the runner's speed-up.
 
-    python bench.py --device cpu --data-dir DIR                        # full measurement
-    python bench.py --quick --device cpu --data-dir DIR                # about a minute on 2 cores
-    python bench.py --lever channels_last --device cpu --data-dir DIR  # try one speed lever
+    python bench.py pipelines --device cpu --data-dir DIR                        # full measurement
+    python bench.py pipelines --quick --device cpu --data-dir DIR                # about a minute on 2 cores
+    python bench.py pipelines --lever channels_last --device cpu --data-dir DIR  # try one speed lever
+    python bench.py norms --device cpu        # BN, GN, LN at every batch size; inference with BN folded
+    python bench.py workers --data-dir DIR    # short study runs with the runner at --workers 1 and 2
 
+`pipelines`: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
 Every pipeline trains the same model with the same batch size and optimizer on the same device:
   ours     this repo's pipeline (data on the device, batched augmentation);
   model    the same training step on one fixed batch, with no data pipeline at all: the floor no
@@ -18,13 +21,16 @@ CPU the process uses this repo's allocator setting (system.keep_freed_memory), c
 it is process-wide; `--malloc default` measures without it. Writes
 results/bench_<device>[_<norm>][_<lever>][_malloc_default].json (parts only when not the default).
 
-`--norm-costs` instead times BN, GN and LN at every batch size the experiments compare
-(config.BATCH_SIZES): a training step and an inference pass on one fixed batch, the norms taking
-turns; it writes results/bench_<device>_norms.json. `--inference` times inference of BN, BN folded
-into its convs (bn_stats.folded), GN and LN at batch 1, 64 and 1000, side by side, and writes
-results/bench_<device>_inference.json. `--workers-speedup` times the same short study runs (the study's
-three variants, seeds 0 and 1, 1 epoch on 20,000 images) with the runner at --workers 1 and --workers 2,
-in alternating rounds, and Ray's start-up on its own; it writes results/bench_<device>_workers.json.
+`norms`: BN, GN and LN at every batch size the experiments compare (config.BATCH_SIZES), a training
+step and an inference pass on one fixed batch, the norms taking turns (results/bench_<device>_norms.json);
+then inference of BN, BN folded into its convs (torch's fuse_conv_bn_eval), GN and LN at batch 1, 64 and
+1000, side by side (results/bench_<device>_inference.json).
+
+`workers`: the same short study runs (the study's three variants, seeds 0 and 1, 1 epoch on 20,000
+images) with the runner at --workers 1 and --workers 2, in alternating rounds, and Ray's start-up on its
+own (results/bench_cpu_workers.json). It measures the runner, not the model.
+
+Every timer takes its turn through `round_robin`; every file is written atomically (system.save_json).
 """
 import argparse
 import json
@@ -45,10 +51,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from config import BATCH_SIZES, COMPARED, TRAIN_IMAGES, Config, Engine
+from cli import DATA_DIR_HELP
+from config import BATCH_SIZES, COMPARED, RESULTS_DIR, TRAIN_IMAGES, Config, Engine, bench_file
 from data import MNIST_MEAN, MNIST_STD, DeviceLoader, default_data_dir, eval_batch_size, load_mnist
 from model import NORMS, Net
-from system import cpu_name, keep_freed_memory
+from system import cpu_name, keep_freed_memory, save_json
 
 PIPELINES = ("ours", "model", "classic")
 LEVERS = ("none", "channels_last", "compile", "one_thread", "bf16")
@@ -82,6 +89,14 @@ def timed(device, times):
         start = time.perf_counter()
         yield
         times.append(time.perf_counter() - start)
+
+
+def round_robin(names, rounds):
+    """(round, names in this round's order) for each round: the order rotates by one from round to round,
+    so a drift in the machine's speed hits every name alike. The one turn-taking rule of every benchmark."""
+    names = list(names)
+    for round_ in range(rounds):
+        yield round_, names[round_ % len(names):] + names[:round_ % len(names)]
 
 
 def ours(data_dir, batch_size, device):
@@ -195,9 +210,8 @@ def time_rounds(pipelines, rounds, steps, device):
     """{name: {'train_times_s': [...], 'test_times_s': [...], 'warmup_s'}}, one time per round each."""
     times = {name: {"train_times_s": [], "test_times_s": [], "warmup_s": p.warmup_s}
              for name, p in pipelines.items()}
-    names = list(pipelines)
-    for round_ in range(rounds):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # rotating order
+    for _, names in round_robin(pipelines, rounds):
+        for name in names:
             with timed(device, times[name]["train_times_s"]):
                 pipelines[name].train_steps(steps)
             with timed(device, times[name]["test_times_s"]):
@@ -260,11 +274,11 @@ def norm_costs(device, norms, batch_sizes, rounds, images_per_block):
     models = {n: Net(n).to(device) for n in norms}
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in models.items()}
     times = {n: {b: {"train_step_s": [], "inference_batch_s": []} for b in batch_sizes} for n in norms}
-    for round_ in range(rounds + 1):  # round 0 warms every pair up and is not kept
+    for round_, order in round_robin(norms, rounds + 1):  # round 0 warms every pair up and is not kept
         for b in batch_sizes:
             x, y = torch.randn(b, 1, 28, 28, device=device), torch.randint(0, 10, (b,), device=device)
             steps = max(2, images_per_block // b)
-            for n in norms[round_ % len(norms):] + norms[:round_ % len(norms)]:
+            for n in order:
                 train_s, infer_s = step_and_inference_times(models[n], optimizers[n], x, y, steps, device)
                 if round_:
                     times[n][b]["train_step_s"].append(train_s)
@@ -280,15 +294,15 @@ def summarize_norm_costs(times):
 
 
 def main_norm_costs(args):
-    """--norm-costs: every norm at every batch size, side by side; writes results/bench_<device>_norms.json."""
+    """Every norm at every batch size, side by side; writes results/bench_<device>_norms.json."""
     device = torch.device(args.device)
     if args.malloc == "keep" and device.type == "cpu":
         keep_freed_memory()
     times = norm_costs(device, list(COMPARED), list(BATCH_SIZES), args.rounds, args.cost_images)
     report = {"args": recorded(args), "hardware": hardware(device), "results": summarize_norm_costs(times)}
-    out = Path(args.out or f"results/bench_{device.type}_norms.json")
+    out = Path(args.results) / bench_file(device.type, "norms")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, out)
     print(f"{'batch':>6} " + " ".join(f"{n.upper() + ' train s/epoch':>18} {n.upper() + ' infer img/s':>16}"
                                       for n in COMPARED))
     for b in BATCH_SIZES:
@@ -317,13 +331,12 @@ def inference_models(device):
 def inference_times(device, rounds, images_per_block):
     """{model: {batch: [seconds per batch, one per round]}} with the models taking turns, round 0 dropped."""
     models = inference_models(device)
-    names = list(models)
-    times = {n: {b: [] for b in INFERENCE_BATCH_SIZES} for n in names}
+    times = {n: {b: [] for b in INFERENCE_BATCH_SIZES} for n in models}
     with torch.no_grad():
-        for round_ in range(rounds + 1):
+        for round_, order in round_robin(models, rounds + 1):
             for b in INFERENCE_BATCH_SIZES:
                 x, steps = torch.randn(b, 1, 28, 28, device=device), max(2, images_per_block // b)
-                for n in names[round_ % len(names):] + names[:round_ % len(names)]:
+                for n in order:
                     block = []
                     with timed(device, block):
                         for _ in range(steps):
@@ -334,11 +347,11 @@ def inference_times(device, rounds, images_per_block):
 
 
 def main_inference(args):
-    """--inference: BN, BN folded, GN and LN side by side; writes results/bench_<device>_inference.json."""
+    """BN, BN folded, GN and LN side by side; writes results/bench_<device>_inference.json."""
     device = torch.device(args.device)
     if args.malloc == "keep" and device.type == "cpu":
         keep_freed_memory()
-    times, models = inference_times(device, args.rounds, args.cost_images)
+    times, models = inference_times(device, args.inference_rounds, args.inference_images)
     x = torch.randn(1000, 1, 28, 28, device=device)
     with torch.no_grad():
         gap = (models["bn"](x) - models["bn_folded"](x)).abs().max().item()
@@ -346,9 +359,9 @@ def main_inference(args):
                for n, by_batch in times.items()}
     report = {"args": recorded(args), "hardware": hardware(device), "folded_max_abs_logit_difference": gap,
               "results": results}
-    out = Path(args.out or f"results/bench_{device.type}_inference.json")
+    out = Path(args.results) / bench_file(device.type, "inference")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, out)
     print(f"{'batch':>6} " + " ".join(f"{n + ' img/s':>16}" for n in results))
     for b in INFERENCE_BATCH_SIZES:
         print(f"{b:>6} " + " ".join(f"{results[n][str(b)]['images_per_s']:>16,.0f}" for n in results))
@@ -356,7 +369,7 @@ def main_inference(args):
 
 
 def main_workers_speedup(args):
-    """--workers-speedup: the runner with 1 and 2 workers, alternating rounds; Ray's start-up timed apart."""
+    """bench.py workers: the runner with 1 and 2 workers, alternating rounds; Ray's start-up timed apart."""
     import tempfile
 
     import ray
@@ -375,8 +388,8 @@ def main_workers_speedup(args):
     start_ray(2, None)  # kept: the rounds below time the runs, not the start-up
     walls, accuracies = {1: [], 2: []}, {}
     with tempfile.TemporaryDirectory() as scratch:
-        for i in range(args.rounds):
-            for workers in ((1, 2) if i % 2 == 0 else (2, 1)):
+        for i, order in round_robin((1, 2), args.rounds):
+            for workers in order:
                 folder = Path(scratch) / f"round{i}_w{workers}"
                 began = time.perf_counter()
                 runs = run_configs(configs, folder / "r.json", summarize_study, Engine(str(folder / "runs"), workers),
@@ -392,9 +405,9 @@ def main_workers_speedup(args):
               "epochs": 1, "train_subset": base.train_subset, "wall_s": walls, "median_wall_s": median,
               "speedup": median[1] / median[2], "ray_start_s": starts, "median_ray_start_s": statistics.median(starts),
               "test_acc": accuracies[1], "same_accuracies": accuracies[1] == accuracies[2]}
-    out = Path(args.out or "results/bench_cpu_workers.json")
+    out = Path(args.results) / bench_file("cpu", "workers")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, out)
     print(f"median wall: --workers 1 {median[1]:.1f} s, --workers 2 {median[2]:.1f} s, speed-up "
           f"{report['speedup']:.2f}x; Ray start-up {report['median_ray_start_s']:.1f} s; same accuracies: "
           f"{report['same_accuracies']}; wrote {out}")
@@ -427,57 +440,80 @@ def hardware(device):
     return info
 
 
-def parse_args(argv=None):
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
-    p.add_argument("--data-dir", default=default_data_dir(), help="MNIST root ($MNIST_DATA_DIR, else ./data)")
-    p.add_argument("--batch-size", type=int, default=Config().batch_size, help="training batch size of every pipeline")
-    p.add_argument("--steps", type=int, default=200, help="timed training steps per pipeline and round")
-    p.add_argument("--rounds", type=int, default=10, help="rounds; each times every pipeline once")
-    p.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
-    p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers (unset: 2 on CUDA, 0 on CPU)")
-    p.add_argument("--lever", choices=LEVERS, default="none", help="speed setting applied to ours and model")
-    p.add_argument("--norm", choices=NORMS, default="bn", help="normalization of the model")
-    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                   help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
-    p.add_argument("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
-    p.add_argument("--norm-costs", action="store_true",
-                   help="instead: time every norm at every batch size of config.BATCH_SIZES, side by side")
-    p.add_argument("--inference", action="store_true",
-                   help="instead: inference of BN, BN folded into its convs, GN and LN at batch 1, 64 and 1000")
-    p.add_argument("--workers-speedup", action="store_true",
-                   help="instead: short study runs with the runner at --workers 1 and 2, alternating rounds")
-    p.add_argument("--cost-images", type=int, default=2048,
-                   help="--norm-costs and --inference: images per timed block")
-    p.add_argument("--out", default=None, help="JSON path (unset: see the top of this file)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.rounds, args.warmup = 60, 6, 5
-    if args.classic_workers is None:
-        args.classic_workers = 2 if args.device == "cuda" else 0
+    jobs = p.add_subparsers(dest="job", required=True, metavar="{pipelines,norms,workers}")
+
+    def job(name, help, rounds):
+        sub = jobs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--rounds", type=int, default=rounds, help="rounds; each times every contender once")
+        sub.add_argument("--results", default=RESULTS_DIR, help="folder for the JSON (its name: see the top of bench.py)")
+        return sub.add_argument
+
+    add = job("pipelines", "ours, the bare model step and the classic DataLoader, side by side", 10)
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    add("--data-dir", default=default_data_dir(), help=DATA_DIR_HELP)
+    add("--batch-size", type=int, default=Config().batch_size, help="training batch size of every pipeline")
+    add("--steps", type=int, default=200, help="timed training steps per pipeline and round")
+    add("--warmup", type=int, default=20, help="untimed training steps first")
+    add("--classic-workers", type=int, default=None, help="DataLoader workers (unset: 2 on CUDA, 0 on CPU)")
+    add("--lever", choices=LEVERS, default="none", help="speed setting applied to ours and model")
+    add("--norm", choices=NORMS, default="bn", help="normalization of the model")
+    add("--malloc", choices=("keep", "default"), default="keep",
+        help="CPU: keep: this repo's allocator setting for every pipeline; default: glibc's")
+    add("--quick", action="store_true", help="fewer steps and rounds (about a minute on 2 cores)")
+
+    add = job("norms", "BN, GN and LN at every batch size of config.BATCH_SIZES; inference with BN folded", 3)
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    add("--cost-images", type=int, default=1024, help="images per timed block of the training costs")
+    add("--inference-rounds", type=int, default=10, help="rounds of the inference timing")
+    add("--inference-images", type=int, default=2048, help="images per timed block of the inference timing")
+    add("--malloc", choices=("keep", "default"), default="keep",
+        help="CPU: keep: this repo's allocator setting; default: glibc's")
+
+    add = job("workers", "short study runs with the runner at --workers 1 and 2, alternating rounds", 3)
+    add("--data-dir", default=default_data_dir(), help=DATA_DIR_HELP)
+    return p
+
+
+def parse_args(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.job == "pipelines":
+        if args.quick:
+            args.steps, args.rounds, args.warmup = 60, 6, 5
+        if args.classic_workers is None:
+            args.classic_workers = 2 if args.device == "cuda" else 0
     return args
 
 
-def default_out(args):
+def pipelines_file(args):
     suffix = "".join(f"_{v}" for v, default in ((args.norm, "bn"), (args.lever, "none")) if v != default)
     suffix += "_malloc_default" if args.malloc == "default" else ""
-    return Path(f"results/bench_{args.device}{suffix}.json")
+    return Path(args.results) / f"bench_{args.device}{suffix}.json"
 
 
 def recorded(args):
-    """The flags as the results file keeps them: without the machine's data folder."""
-    return {k: v for k, v in vars(args).items() if k != "data_dir"}
+    """The flags as the results file keeps them: without the machine's data folder and the output folder."""
+    return {k: v for k, v in vars(args).items() if k not in ("data_dir", "results")}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.norm_costs:
-        return main_norm_costs(args)
-    if args.inference:
-        return main_inference(args)
-    if args.workers_speedup:
-        return main_workers_speedup(args)
+    {"pipelines": main_pipelines, "norms": main_norms, "workers": main_workers_speedup}[args.job](args)
+
+
+def main_norms(args):
+    """bench.py norms: the norms' costs at every batch size, then inference with BN folded."""
+    main_norm_costs(args)
+    main_inference(args)
+
+
+def main_pipelines(args):
+    """bench.py pipelines: ours, model and classic side by side; writes pipelines_file(args)."""
     spec = Spec(args.device, args.data_dir, args.batch_size, args.norm, args.lever, args.warmup,
                 args.classic_workers, args.malloc)
     device = torch.device(args.device)
@@ -499,9 +535,9 @@ def main(argv=None):
               "ratio_classic_over_ours": statistics.median(round_ratios),
               "ratio_classic_over_model": statistics.median(
                   ratios(times, args.steps, args.batch_size, "classic", "model"))}
-    out = Path(args.out) if args.out else default_out(args)
+    out = pipelines_file(args)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, out)
     print_report(report, out)
 
 

@@ -14,7 +14,14 @@ DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_IMAGES = 60_000  # MNIST's training split
 RESULTS_DIR, IMAGES_DIR = "results", "images"  # the committed results and figures
-NORM_COSTS_FILE = "bench_cpu_norms.json"  # in RESULTS_DIR: bench.py --norm-costs, the batch-size figure's time panel
+
+
+def bench_file(device_type, job):
+    """The file name in RESULTS_DIR of a bench.py job's results on a device type: bench_cpu_norms.json, ..."""
+    return f"bench_{device_type}_{job}.json"
+
+
+NORM_COSTS_FILE = bench_file("cpu", "norms")  # bench.py norms on a CPU: the batch-size figure's time panel
 
 
 @dataclass
@@ -43,7 +50,7 @@ DEFAULTS = Config()
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9  # as built; the one-cycle schedule then cycles it 0.95 -> 0.85 -> 0.95 against the LR
 STUDY_L1 = 1e-5  # the L1 lambda of the study's BN+L1 variant (chosen on validation, see README)
-# the training batch sizes the experiments compare (the batch-size sweep, bench.py --norm-costs)
+# the training batch sizes the experiments compare (the batch-size sweep, bench.py norms)
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 # the short recipe of the experiments (the batch-size sweep, the LR range): 3 epochs, i.e. 180,000 images
 EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS = (0, 1, 2), 3

@@ -152,7 +152,7 @@ def speed_summary_section(results):
 
 
 def norm_costs_section(results):
-    """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py --norm-costs)."""
+    """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py norms)."""
     report = read(results, NORM_COSTS_FILE)
     results, hw, args = report["results"], report["hardware"], report["args"]
     norms = list(results)

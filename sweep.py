@@ -197,7 +197,7 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     """Test error against the training batch size, one line per norm (left); seconds per epoch (right).
 
     `equal_steps` (hollow markers): large batches trained for as many steps as batch 64.
-    `costs` (bench.py --norm-costs, measured side by side on a quiet machine) gives the time panel.
+    `costs` (bench.py norms, measured side by side on a quiet machine) gives the time panel.
     """
     import matplotlib.pyplot as plt
     from plots import DPI, by_norm, plain_log_axis
@@ -223,7 +223,7 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     if costs:
         plot_costs(time_ax, costs)
     else:
-        time_ax.text(0.5, 0.5, "no time measured:\npython bench.py --norm-costs", ha="center", va="center",
+        time_ax.text(0.5, 0.5, "no time measured:\npython bench.py norms", ha="center", va="center",
                      transform=time_ax.transAxes)
     for ax in (error_ax, time_ax):
         ax.set_xscale("log", base=2)
@@ -236,13 +236,13 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
 
 
 def plot_costs(ax, costs):
-    """Seconds per training epoch of each norm against batch size, from bench.py --norm-costs."""
+    """Seconds per training epoch of each norm against batch size, from bench.py norms."""
     for norm, by_batch in costs["results"].items():
         sizes = sorted(by_batch, key=int)
         ax.plot([int(b) for b in sizes], [by_batch[b]["train_epoch_s"] for b in sizes], marker="o", ms=4,
                 color=VARIANTS[norm].color, label=norm.upper())
     hw = costs["hardware"]
-    ax.set(title=f"Training time per epoch (bench.py --norm-costs)\n{hw['processor']}, {hw['torch_threads']} "
+    ax.set(title=f"Training time per epoch (bench.py norms)\n{hw['processor']}, {hw['torch_threads']} "
                  f"thread(s), norms side by side", xlabel="training batch size (log2 scale)",
            ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
 

@@ -1,25 +1,21 @@
-"""bench.py: the speed comparison of the data pipelines, and the norms' costs at every batch size."""
+"""bench.py: its three jobs (the data pipelines, the norms' costs and inference, the runner's speed-up), each
+with its own flags; the round-robin order and the epoch arithmetic."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from bench import ratios, summarize
-from conftest import ROOT
-from config import BATCH_SIZES
+import bench
+from bench import ratios, round_robin, summarize
+from config import BATCH_SIZES, NORM_COSTS_FILE
 
 
 @pytest.mark.parametrize("lever", ["none", "bf16"])
-def test_bench_runs_every_pipeline_and_reports_the_ratio(tiny_mnist, tmp_path, lever):
-    out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--device", "cpu", "--data-dir",
-                             str(tiny_mnist), "--steps", "3", "--rounds", "3", "--warmup", "1",
-                             "--lever", lever, "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
+def test_bench_runs_every_pipeline_and_reports_the_ratio(tiny_mnist, tmp_path, capsys, lever):
+    bench.main(["pipelines", "--device", "cpu", "--data-dir", str(tiny_mnist), "--steps", "3", "--rounds", "3",
+                "--warmup", "1", "--lever", lever, "--results", str(tmp_path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("ratio classic/ours: ") and float(last.split(": ")[1]) > 0
+    out = tmp_path / ("bench_cpu.json" if lever == "none" else f"bench_cpu_{lever}.json")
     report = json.loads(out.read_text())
     assert report["args"]["lever"] == lever
     assert set(report["results"]) == {"ours", "model", "classic"}
@@ -43,16 +39,35 @@ def test_epoch_ratio_counts_the_test_pass_and_scales_steps_to_an_epoch():
     assert results["ours"]["train_images_per_s"] == pytest.approx(10 * 64 / 2.0)
 
 
-def test_norm_costs_time_every_norm_at_every_batch_size(tmp_path):
-    out = tmp_path / "norms.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--norm-costs", "--device", "cpu",
-                             "--rounds", "2", "--cost-images", "8", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    results = json.loads(out.read_text())["results"]
+def test_norms_time_every_norm_at_every_batch_size_then_inference(tmp_path):
+    bench.main(["norms", "--device", "cpu", "--rounds", "2", "--cost-images", "8", "--inference-rounds", "2",
+                "--inference-images", "4", "--results", str(tmp_path)])
+    results = json.loads((tmp_path / NORM_COSTS_FILE).read_text())["results"]
     assert set(results) == {"bn", "gn", "ln"}
     for by_batch in results.values():
         assert list(by_batch) == [str(b) for b in BATCH_SIZES]
         for cost in by_batch.values():
             assert len(cost["train_step_s"]) == len(cost["inference_batch_s"]) == 2  # the warm-up round dropped
             assert cost["train_epoch_s"] > 0 and cost["inference_images_per_s"] > 0
+    inference = json.loads((tmp_path / "bench_cpu_inference.json").read_text())
+    assert set(inference["results"]) == {"bn", "bn_folded", "gn", "ln"}
+    assert all(len(t["batch_s"]) == 2 for by_batch in inference["results"].values() for t in by_batch.values())
+    assert inference["folded_max_abs_logit_difference"] < 1e-4
+
+
+def test_round_robin_rotates_the_order_by_one_each_round():
+    assert list(round_robin("abc", 4)) == [(0, list("abc")), (1, list("bca")), (2, list("cab")), (3, list("abc"))]
+    assert [order for _, order in round_robin((1, 2), 3)] == [[1, 2], [2, 1], [1, 2]]  # bench.py workers
+
+
+@pytest.mark.parametrize("flags", [["--lever", "bf16"], ["--steps", "3"]])
+def test_a_job_refuses_another_jobs_flags(flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["norms", *flags])
+    assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_a_job_must_be_named(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--device", "cpu"])
+    assert exit_.value.code == 2

@@ -185,7 +185,7 @@ def test_batch_size_plot_has_log2_axes_labels_and_a_line_per_curve():
         "GN, 3 epochs", "LN, 3 epochs"]
     assert [t.get_text() for t in time_ax.get_legend().get_texts()] == ["BN", "GN", "LN"]
     assert time_ax.get_ylabel() == "seconds per epoch (60,000 images)"
-    assert "Some CPU, 1 thread(s)" in time_ax.get_title() and "bench.py --norm-costs" in time_ax.get_title()
+    assert "Some CPU, 1 thread(s)" in time_ax.get_title() and "bench.py norms" in time_ax.get_title()
     assert list(time_ax.get_lines()[1].get_ydata()) == pytest.approx([1.3 * 3000, 1.3 * 750, 1.3 * 187.5])
     assert [tick.get_text() for tick in error_ax.get_xticklabels()] == ["2", "8", "32"]
     assert list(error_ax.get_lines()[0].get_ydata()) == pytest.approx([2.2, 1.6, 1.0])
