@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision import datasets
 
 from config import DATA_DIR_ENV, default_data_dir  # noqa: F401  (callers import default_data_dir from here too)
 
@@ -45,7 +44,8 @@ def check_raw_file(path):
     """Raise DataError unless `path` is a complete raw MNIST file: right magic number and size."""
     kind = "labels" if "labels" in path.name else "images"
     _, magic, header, item_bytes = RAW_FILES[kind]
-    data = path.read_bytes()[:header]
+    with open(path, "rb") as file:
+        data = file.read(header)
     found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if found != magic:
         raise DataError(f"{path} is corrupt: its magic number is {found}, expected {magic} "
@@ -57,8 +57,24 @@ def check_raw_file(path):
                         f"({count} {kind}). Delete it (and its .gz) and load again.")
 
 
+def read_raw_file(path):
+    """The items of a checked raw MNIST file, read as torchvision reads them: uint8 images (N, 28, 28) or
+    int64 labels (N,)."""
+    kind = "labels" if "labels" in path.name else "images"
+    _, _, header, _ = RAW_FILES[kind]
+    values = torch.frombuffer(bytearray(path.read_bytes()[header:]), dtype=torch.uint8)
+    return values.view(-1, 28, 28) if kind == "images" else values.long()
+
+
+def raw_paths(root, train):
+    """The unpacked images and labels files of one split."""
+    prefix = "train" if train else "t10k"
+    return [raw_dir(root) / f"{prefix}-{suffix}" for suffix, *_ in RAW_FILES.values()]
+
+
 def _bad_archives(folder):
     """Names of .gz files present in `folder` whose md5 differs from torchvision's list."""
+    from torchvision import datasets
     bad = []
     for name, md5 in datasets.MNIST.resources:
         path = folder / name
@@ -68,6 +84,7 @@ def _bad_archives(folder):
 
 
 def _not_found_message(root, error):
+    from torchvision import datasets
     folder = raw_dir(root)
     names = ", ".join(name for name, _ in datasets.MNIST.resources)
     bad = _bad_archives(folder)
@@ -82,12 +99,19 @@ def _not_found_message(root, error):
 
 
 def load_mnist_split(root, train):
-    """Raw (uint8 images (N, 28, 28), int64 labels (N,)) of one split, downloaded if needed."""
-    prefix = "train" if train else "t10k"
-    for suffix, *_ in RAW_FILES.values():
-        path = raw_dir(root) / f"{prefix}-{suffix}"
-        if path.exists():  # unpacked earlier: check it before torchvision parses it
+    """Raw (uint8 images (N, 28, 28), int64 labels (N,)) of one split, downloaded if needed.
+
+    Unpacked files are checked and read here; torchvision (imported only then) downloads, md5-checks and
+    unpacks what is missing.
+    """
+    paths = raw_paths(root, train)
+    for path in paths:
+        if path.exists():  # unpacked earlier: check it before it is read
             check_raw_file(path)
+    if all(path.exists() for path in paths):
+        images, labels = map(read_raw_file, paths)
+        return images, labels
+    from torchvision import datasets
     try:  # downloads (md5-checked) and unpacks only what is missing
         dataset = datasets.MNIST(root, train=train, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
@@ -96,9 +120,15 @@ def load_mnist_split(root, train):
 
 
 def ensure_mnist(root):
-    """Check (and, where missing, download) both splits of MNIST at `root`; DataError if that fails."""
+    """Check (and, where missing, download) both splits of MNIST at `root`; DataError if that fails.
+    Files already unpacked are checked (magic number, size), not read."""
     for train in (True, False):
-        load_mnist_split(root, train)
+        paths = raw_paths(root, train)
+        if all(path.exists() for path in paths):
+            for path in paths:
+                check_raw_file(path)
+        else:
+            load_mnist_split(root, train)
 
 
 def ensure_mnist_on_this_node(root):

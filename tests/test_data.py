@@ -1,17 +1,35 @@
 """data.py: loading MNIST (and saying clearly why it can't be), the splits, DeviceLoader, augmentation."""
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import run_main
+from conftest import ROOT, run_main
 from config import Config, run_name
-from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist,
+from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist, load_mnist_split,
                   random_affine)
 
 
 # ---- the splits ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("train", [True, False])
+def test_unpacked_files_are_read_exactly_as_torchvision_reads_them(tiny_mnist, train):
+    from torchvision import datasets
+    images, labels = load_mnist_split(tiny_mnist, train)
+    dataset = datasets.MNIST(tiny_mnist, train=train, download=False)
+    assert images.dtype == dataset.data.dtype and labels.dtype == dataset.targets.dtype
+    assert torch.equal(images, dataset.data) and torch.equal(labels, dataset.targets)
+
+
+def test_checking_and_loading_unpacked_mnist_import_no_torchvision(tiny_mnist):
+    code = (f"import sys, torch, data\ndata.ensure_mnist({str(tiny_mnist)!r})\n"
+            f"data.load_mnist({str(tiny_mnist)!r}, torch.device('cpu'))\nassert 'torchvision' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_splits_on_the_device_normalized(tiny_mnist):
     splits = load_mnist(tiny_mnist, torch.device("cpu"))
     assert set(splits) == {"train", "test"}
