@@ -1,5 +1,5 @@
 """Fixtures and helpers shared by the test files: tiny synthetic MNIST in torchvision's raw file format,
-the real copy if present, main.py in a subprocess, waiting on a condition, a disk that fills up, figures."""
+the real copy if present, main.py in this process or in a subprocess, waiting on a condition, a disk that fills up, figures."""
 import errno
 import json
 import os
@@ -19,6 +19,16 @@ OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:
 # Ray on loopback only, in this process and the ones the tests start: without this, Ray (on Linux) turns
 # 127.0.0.1 into the machine's network address when a driver joins a cluster (ray._private.services)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def _fresh_threads():
+    """torch's thread count in a fresh process (this one's may have been changed by a test)."""
+    result = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout)
+
+
+FRESH_THREADS = _fresh_threads()
 
 
 def write_idx(path, array, magic):
@@ -61,11 +71,42 @@ def real_mnist():
     return REAL_MNIST
 
 
-def run_main(*args, cwd, timeout=300):
-    """python main.py ARGS in a subprocess, offline; returns the CompletedProcess."""
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def run_main(*args, cwd, timeout=None):
+    """`python main.py ARGS` in `cwd`, offline, but in this process: main.main(ARGS) with sys.argv, the working
+    folder and torch's threads as a fresh process has them; returns a CompletedProcess (exit code, stdout,
+    stderr; an uncaught exception's traceback on stderr with exit code 1). No interpreter start-up per call,
+    and a Ray started by one call serves the next. `start_main` starts a real process, for what needs one
+    (signals, a lock held by another process); `timeout` is kept for the signature's sake only."""
+    import contextlib
+    import io
+    import traceback
+
+    import torch
+
+    import main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ), sys.argv, os.getcwd(), torch.get_num_threads()
+    os.environ.update(OFFLINE)
+    sys.argv = [str(ROOT / "main.py"), *argv]
+    os.chdir(cwd)
+    torch.set_num_threads(FRESH_THREADS)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            except Exception:  # as the interpreter would end on it
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        sys.argv = saved[1]
+        os.chdir(saved[2])
+        torch.set_num_threads(saved[3])
+    return subprocess.CompletedProcess(["main.py", *argv], code or 0, out.getvalue(), err.getvalue())
 
 
 def start_main(*args, cwd):
