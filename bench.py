@@ -5,6 +5,7 @@
     python bench.py pipelines --lever channels_last --device cpu --data-dir DIR  # try one speed lever
     python bench.py norms --device cpu        # BN, GN, LN at every batch size; inference with BN folded
     python bench.py workers --data-dir DIR    # short study runs with the runner at --workers 1 and 2
+    python bench.py command --data-dir DIR    # python main.py --norm all from a cold start, --workers 1 and 2
 
 `pipelines`: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
 Every pipeline trains the same model with the same batch size and optimizer on the same device:
@@ -29,6 +30,10 @@ then inference of BN, BN folded into its convs (torch's fuse_conv_bn_eval), GN a
 `workers`: the same short study runs (the study's three variants, seeds 0 and 1, 1 epoch on 20,000
 images) with the runner at --workers 1 and --workers 2, in alternating rounds, and Ray's start-up on its
 own (results/bench_cpu_workers.json). It measures the runner, not the model.
+
+`command`: the whole `python main.py --norm all` from a cold start (Ray's start, the workers' imports and
+MNIST loads, the figures after the runs) at --workers 1 and 2, alternating rounds, each a fresh process
+(results/bench_cpu_command_e<epochs>_n<train subset>[_<label>].json).
 
 Every timer takes its turn through `round_robin`; every file is written atomically (system.save_json).
 """
@@ -413,6 +418,50 @@ def main_workers_speedup(args):
           f"{report['same_accuracies']}; wrote {out}")
 
 
+def main_command(args):
+    """bench.py command: `python main.py --norm all` (the study's three variants for --seeds) from a cold start,
+    with --workers 1 and 2 in alternating rounds: Ray's start, the workers' imports and MNIST loads and the
+    figures drawn after the runs are all in the wall time. `--repo` times another checkout's main.py (the
+    commit before a change, say); every number it trains must equal between the two worker counts."""
+    import subprocess
+    import sys
+    import tempfile
+    repo = Path(args.repo).resolve()
+    walls, run_seconds, accuracies = {1: [], 2: []}, {1: [], 2: []}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, order in round_robin((1, 2), args.rounds):
+            for workers in order:
+                folder = Path(scratch) / f"round{i}_w{workers}"
+                command = [sys.executable, str(repo / "main.py"), "--norm", "all", "--seeds", *map(str, args.seeds),
+                           "--epochs", str(args.epochs), "--train-subset", str(args.train_subset), "--device", "cpu",
+                           "--workers", str(workers), "--data-dir", str(Path(args.data_dir).absolute()), "--no-progress",
+                           "--out", str(folder / "runs"), "--results", str(folder), "--images", str(folder / "images")]
+                began = time.perf_counter()
+                subprocess.run(command, cwd=repo, check=True, stdout=subprocess.DEVNULL)
+                walls[workers].append(time.perf_counter() - began)
+                runs = json.loads((folder / "study.json").read_text())["runs"]
+                run_seconds[workers].append(sum(e["seconds"] for r in runs for e in r["epochs"]))
+                accuracies.setdefault(workers, {f"{r['variant']} seed {r['config']['seed']}": r["epochs"][-1]["test_acc"]
+                                                for r in runs})
+                print(f"round {i + 1}: --workers {workers}: {walls[workers][-1]:.1f} s "
+                      f"({run_seconds[workers][-1]:.1f} s inside the runs' epochs)", flush=True)
+    median = {w: statistics.median(t) for w, t in walls.items()}
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    report = {"args": recorded(args), "hardware": hardware(torch.device("cpu")), "commit": commit or None,
+              "command": f"python main.py --norm all --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+                         f"--train-subset {args.train_subset} --workers W",
+              "wall_s": walls, "median_wall_s": median, "speedup": median[1] / median[2],
+              "epoch_seconds_sum": run_seconds, "test_acc": accuracies[1],
+              "same_accuracies": accuracies[1] == accuracies[2]}
+    label = f"command_e{args.epochs}_n{args.train_subset}" + (f"_{args.label}" if args.label else "")
+    out = Path(args.results) / bench_file("cpu", label)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_json(report, out)
+    print(f"median wall: --workers 1 {median[1]:.1f} s, --workers 2 {median[2]:.1f} s, speed-up "
+          f"{report['speedup']:.2f}x; same accuracies: {report['same_accuracies']}; wrote {out}")
+
+
 def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
     model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
@@ -443,7 +492,7 @@ def hardware(device):
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    jobs = p.add_subparsers(dest="job", required=True, metavar="{pipelines,norms,workers}")
+    jobs = p.add_subparsers(dest="job", required=True, metavar="{pipelines,norms,workers,command}")
 
     def job(name, help, rounds):
         sub = jobs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -474,6 +523,14 @@ def make_parser():
 
     add = job("workers", "short study runs with the runner at --workers 1 and 2, alternating rounds", 3)
     add("--data-dir", default=default_data_dir(), help=DATA_DIR_HELP)
+
+    add = job("command", "python main.py --norm all from a cold start at --workers 1 and 2, alternating rounds", 1)
+    add("--data-dir", default=default_data_dir(), help=DATA_DIR_HELP)
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the study's runs")
+    add("--epochs", type=int, default=1, help="epochs of every run")
+    add("--train-subset", type=int, default=20_000, help="training images of every run (0: all)")
+    add("--repo", default=str(Path(__file__).resolve().parent), help="the checkout whose main.py is timed")
+    add("--label", default="", help="appended to the file name (e.g. 'before' for another --repo)")
     return p
 
 
@@ -498,12 +555,13 @@ def pipelines_file(args):
 
 def recorded(args):
     """The flags as the results file keeps them: without the machine's data folder and the output folder."""
-    return {k: v for k, v in vars(args).items() if k not in ("data_dir", "results")}
+    return {k: v for k, v in vars(args).items() if k not in ("data_dir", "results", "repo")}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    {"pipelines": main_pipelines, "norms": main_norms, "workers": main_workers_speedup}[args.job](args)
+    {"pipelines": main_pipelines, "norms": main_norms, "workers": main_workers_speedup,
+     "command": main_command}[args.job](args)
 
 
 def main_norms(args):

@@ -71,3 +71,13 @@ def test_a_job_must_be_named(capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--device", "cpu"])
     assert exit_.value.code == 2
+
+
+def test_command_times_main_at_one_and_two_workers_with_equal_numbers(tiny_mnist, tmp_path):
+    bench.main(["command", "--data-dir", str(tiny_mnist), "--seeds", "0", "--epochs", "1", "--train-subset", "256",
+                "--results", str(tmp_path), "--label", "t"])
+    report = json.loads((tmp_path / "bench_cpu_command_e1_n256_t.json").read_text())
+    assert report["same_accuracies"] and len(report["test_acc"]) == 3  # GN, LN and BN+L1 of seed 0
+    assert all(len(report["wall_s"][w]) == 1 and report["wall_s"][w][0] > report["epoch_seconds_sum"][w][0] / 2
+               for w in ("1", "2"))
+    assert report["speedup"] == report["median_wall_s"]["1"] / report["median_wall_s"]["2"] and "commit" in report
