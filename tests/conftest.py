@@ -21,14 +21,12 @@ OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
-def _fresh_threads():
-    """torch's thread count in a fresh process (this one's may have been changed by a test)."""
-    result = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout)
-
-
-FRESH_THREADS = _fresh_threads()
+# One torch thread in this process and in every process the tests start (torch reads it when imported, after
+# this file): on a 2-core machine an op on 2 threads runs many times slower whenever the other core is busy (a
+# tiny 2,048-image epoch: 9-15 s on 2 threads beside a busy core, 0.8 s on one). The tests check what the code
+# does, not its speed, and every committed run trained on one thread too.
+TEST_THREADS = 1
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 
 
 def write_idx(path, array, magic):
@@ -73,7 +71,7 @@ def real_mnist():
 
 def run_main(*args, cwd, timeout=None):
     """`python main.py ARGS` in `cwd`, offline, but in this process: main.main(ARGS) with sys.argv, the working
-    folder and torch's threads as a fresh process has them; returns a CompletedProcess (exit code, stdout,
+    folder and torch's threads as a process the tests start has them; returns a CompletedProcess (exit code, stdout,
     stderr; an uncaught exception's traceback on stderr with exit code 1). No interpreter start-up per call,
     and a Ray started by one call serves the next. `start_main` starts a real process, for what needs one
     (signals, a lock held by another process); `timeout` is kept for the signature's sake only."""
@@ -90,7 +88,7 @@ def run_main(*args, cwd, timeout=None):
     os.environ.update(OFFLINE)
     sys.argv = [str(ROOT / "main.py"), *argv]
     os.chdir(cwd)
-    torch.set_num_threads(FRESH_THREADS)
+    torch.set_num_threads(TEST_THREADS)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
