@@ -169,10 +169,14 @@ def norm_costs_section(results):
 
 
 def machines(runs):
-    """'AMD EPYC' or 'AMD EPYC (40 runs), Intel(R) Xeon(R) Processor (23 runs)': where the runs were made."""
+    """'AMD EPYC' or 'AMD EPYC (9 runs), Intel(R) Xeon(R) Processor, family/model 6/207 (15 runs)': where the runs
+    were made; a run with a fingerprint names its CPU family and model, so two CPUs of one name stay apart."""
     counts = {}
     for run in runs:
-        counts[run.get("cpu", "an unrecorded CPU")] = counts.get(run.get("cpu", "an unrecorded CPU"), 0) + 1
+        cpu = run.get("cpu", "an unrecorded CPU")
+        family_model = run.get("fingerprint", {}).get("family_model_stepping", "").rsplit("/", 1)[0]
+        where = f"{cpu}, family/model {family_model}" if family_model else cpu
+        counts[where] = counts.get(where, 0) + 1
     return counts.popitem()[0] if len(counts) == 1 else ", ".join(f"{c} ({n} runs)" for c, n in counts.items())
 
 
@@ -300,7 +304,8 @@ def seeds_section(results):
         pairwise_table(summary), "",
         f"From `results/study.json`: {len(runs)} runs ({seeds_line(runs)}); trained on {where}. "
         f"{sum(p['separated'] for p in pairs)} of {len(pairs)} pairs have a {100 * (1 - ALPHA):.0f}% interval that "
-        f"excludes 0; these seeds could detect a true difference of about {widest:.2f} points or more "
+        f"excludes 0 ({sum(p['corrected'] for p in pairs)} after a Bonferroni correction for {len(pairs)} "
+        f"comparisons); these seeds could detect a true difference of about {widest:.2f} points or more "
         f"(the largest of the pairs' detectable differences)."])
 
 

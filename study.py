@@ -108,18 +108,24 @@ def curve_summary(curves):
 
 
 def pairwise(summary):
-    """Every pair of variants: Welch's difference of mean final test accuracy over seeds (stats.welch)."""
+    """Every pair of variants: Welch's difference of mean final test accuracy over seeds (stats.welch), and
+    whether its interval excludes 0 after a Bonferroni correction for the number of pairs ("corrected")."""
     labels = [label for label, s in summary.items() if len(s["final_test_acc"]) > 1]
-    return [{"a": a, "b": b, **welch(summary[a]["final_test_acc"], summary[b]["final_test_acc"])}
-            for i, a in enumerate(labels) for b in labels[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    accs = {label: summary[label]["final_test_acc"] for label in labels}
+    return [{"a": a, "b": b, **welch(accs[a], accs[b]),
+             "corrected": welch(accs[a], accs[b], alpha=ALPHA / len(pairs))["separated"]} for a, b in pairs]
 
 
 def pairwise_table(summary):
-    """Markdown: each pair's difference of means, its 95% Welch interval, and the smallest difference detectable."""
+    """Markdown: each pair's difference of means, its 95% Welch interval (and whether it excludes 0, before and
+    after a Bonferroni correction for the pairs), and the smallest difference detectable."""
+    pairs = pairwise(summary)
     lines = [f"| pair | seeds | difference of means, points | {100 * (1 - ALPHA):.0f}% interval (Welch) | excludes 0 "
-             f"| smallest detectable difference ({100 * POWER:.0f}% power) |", "|---|---:|---:|---:|---|---:|"]
-    for p in pairwise(summary):
+             f"| excludes 0, Bonferroni for {len(pairs)} pairs | smallest detectable difference ({100 * POWER:.0f}% power) |",
+             "|---|---:|---:|---:|---|---|---:|"]
+    for p in pairs:
         seeds = f"{len(summary[p['a']]['final_test_acc'])} + {len(summary[p['b']]['final_test_acc'])}"
         lines.append(f"| {p['a']} - {p['b']} | {seeds} | {p['difference']:+.3f} | {p['low']:+.3f} to {p['high']:+.3f} "
-                     f"| {'yes' if p['separated'] else 'no'} | {p['detectable']:.3f} |")
+                     f"| {'yes' if p['separated'] else 'no'} | {'yes' if p['corrected'] else 'no'} | {p['detectable']:.3f} |")
     return "\n".join(lines)

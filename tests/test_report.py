@@ -127,9 +127,9 @@ def test_seeds_section_by_hand(tmp_path):
     write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
     text = report.seeds_section(tmp_path)
     # difference 0.3, se 0.0816, df 4: t 2.776 -> 0.073 to 0.527; detectable (2.776 + 0.941) x 0.0816 = 0.304
-    assert "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | 0.304 |" in text
+    assert "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | yes | 0.304 |" in text
     assert "6 runs (seeds 0, 1, 2); trained on Some CPU (3 runs), Other CPU (3 runs); 1 distinct fingerprint(s)" in text
-    assert "1 of 1 pairs have a 95% interval that excludes 0" in text and "about 0.30 points" in text
+    assert "1 of 1 pairs have a 95% interval that excludes 0 (1 after a Bonferroni correction for 1 comparisons)" in text and "about 0.30 points" in text
 
 
 def test_l1_weights_section_by_hand(tmp_path):
@@ -163,3 +163,10 @@ def test_model_section_counts_every_parameter():
     lines = report.model_section(RESULTS).splitlines()
     assert lines[2] == "| conv 3x3 → norm → ReLU | 8, 26, 26 | 88 |"  # 1 x 8 x 3 x 3 = 72 weights, 8 + 8 affine
     assert lines[-1] == "| **total** | | **7,410** |" and lines[-2] == "| head: conv 1x1 with bias | 10 logits | 130 |"
+
+
+def test_machines_keeps_two_cpus_of_one_name_apart_by_family():
+    amd = lambda fms=None: {"cpu": "AMD EPYC", **({"fingerprint": {"family_model_stepping": fms}} if fms else {})}  # noqa: E731
+    assert report.machines([amd(), amd()]) == "AMD EPYC"
+    assert report.machines([amd(), amd("26/2/1"), amd("26/2/1")]) == \
+        "AMD EPYC (1 runs), AMD EPYC, family/model 26/2 (2 runs)"

@@ -79,4 +79,16 @@ def test_pairwise_table_of_known_samples():
             for seed, acc in enumerate(accs)]
     [line] = pairwise_table(summarize(runs)).splitlines()[2:]
     # difference 0.3, se = sqrt(0.01/3 + 0.01/3) = 0.0816, df = 4, t(0.975, 4) = 2.776, t(0.8, 4) = 0.941
-    assert line == "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | 0.304 |"
+    assert line == "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | yes | 0.304 |"  # one pair: nothing to correct
+
+
+def test_pairwise_bonferroni_widens_each_interval_for_the_number_of_pairs():
+    runs = [study_run(label, {"norm": norm, "seed": seed}, [acc])
+            for label, norm, accs in (("GN", "gn", [99.5, 99.6, 99.7]), ("LN", "ln", [99.2, 99.3, 99.4]),
+                                      ("BN", "bn", [99.5, 99.6, 99.7]))
+            for seed, acc in enumerate(accs)]
+    lines = pairwise_table(summarize(runs)).splitlines()
+    assert "Bonferroni for 3 pairs" in lines[0]
+    # GN - LN: 95% t(0.975, 4) = 2.776 excludes 0 (0.073 to 0.527); for 3 pairs t(1 - 0.05/6, 4) = 3.961,
+    # half-width 3.961 x 0.0816 = 0.323 > 0.300: it no longer does
+    assert lines[2] == "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | no | 0.304 |"
