@@ -290,6 +290,29 @@ def workers_section(results):
             f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
 
 
+def command_section(results):
+    """Every `bench.py command` file: `python main.py --norm all` from a cold start at one and two workers."""
+    paths = sorted(Path(results).glob("bench_cpu_command_*.json"))
+    if not paths:
+        return "Not run yet: `python bench.py command`."
+    rows = ["| command | checkout | `--workers 1`, s | `--workers 2`, s | speed-up | s inside the runs' epochs (1 / 2 workers) "
+            "| same numbers |", "|---|---|---:|---:|---:|---:|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        seconds = r["epoch_seconds_sum"]
+        rows.append(f"| `{r['command']}` | {r.get('commit') or '?'} | {r['median_wall_s']['1']:.1f} | "
+                    f"{r['median_wall_s']['2']:.1f} | **{r['speedup']:.2f}x** | "
+                    f"{statistics.median(seconds['1']):.0f} / {statistics.median(seconds['2']):.0f} | "
+                    f"{'yes' if r['same_accuracies'] else 'NO'} |")
+    hw = json.loads(paths[0].read_text())["hardware"]
+    rounds = sorted({len(json.loads(p.read_text())["wall_s"]["1"]) for p in paths})
+    return "\n".join(rows + ["", f"From `results/bench_cpu_command_*.json`: each a fresh `python main.py` process "
+                              f"(Ray's start, the workers' imports and MNIST loads, the figures drawn after the runs "
+                              f"all included), median of {'/'.join(map(str, rounds))} round(s) with the order alternating, "
+                              f"on {hw['processor']} with {hw['cpu_count']} cores, torch {hw['torch']}, nothing else "
+                              f"running."])
+
+
 def seeds_section(results):
     """The study's pairwise differences over every seed it holds, and where the seeds were trained."""
     study = read(results, "study.json")
@@ -393,7 +416,7 @@ SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": 
             "BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "NORM_COSTS": norm_costs_section,
             "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "OWN_LR": own_lr_section,
             "SHIFT": shift_section,
-            "INFERENCE": inference_section, "WORKERS": workers_section,
+            "INFERENCE": inference_section, "WORKERS": workers_section, "COMMAND": command_section,
             "SEEDS": seeds_section, "L1_WEIGHTS": l1_weights_section, "NO_NORM": no_norm_section,
             "GN_FAMILY": gn_family_section, "MODEL": model_section}
 

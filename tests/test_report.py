@@ -170,3 +170,16 @@ def test_machines_keeps_two_cpus_of_one_name_apart_by_family():
     assert report.machines([amd(), amd()]) == "AMD EPYC"
     assert report.machines([amd(), amd("26/2/1"), amd("26/2/1")]) == \
         "AMD EPYC (1 runs), AMD EPYC, family/model 26/2 (2 runs)"
+
+
+def test_command_section_by_hand(tmp_path):
+    write(tmp_path, "bench_cpu_command_e1_n20000.json", {
+        "command": "python main.py --norm all --seeds 0 1 2 --epochs 1 --train-subset 20000 --workers W",
+        "commit": "abc1234", "median_wall_s": {"1": 150.0, "2": 90.0}, "speedup": 150.0 / 90.0,
+        "wall_s": {"1": [150.0], "2": [90.0]}, "epoch_seconds_sum": {"1": [140.0], "2": [150.0]},
+        "same_accuracies": True, "hardware": {"processor": "Some CPU", "cpu_count": 2, "torch": "2.0"}})
+    text = report.command_section(tmp_path)
+    assert ("| `python main.py --norm all --seeds 0 1 2 --epochs 1 --train-subset 20000 --workers W` | abc1234 | "
+            "150.0 | 90.0 | **1.67x** | 140 / 150 | yes |") in text
+    assert "median of 1 round(s)" in text and "Some CPU with 2 cores" in text
+    assert report.command_section(tmp_path / "none").startswith("Not run yet")
