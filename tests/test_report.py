@@ -183,3 +183,64 @@ def test_command_section_by_hand(tmp_path):
             "150.0 | 90.0 | **1.67x** | 140 / 150 | yes |") in text
     assert "median of 1 round(s)" in text and "Some CPU with 2 cores" in text
     assert report.command_section(tmp_path / "none").startswith("Not run yet")
+
+
+def test_study_section_by_hand(tmp_path):
+    from study import summarize
+    runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.7])]
+    runs += [study_record("LN", "ln", 0, 99.0, cpu="Other CPU")]
+    runs[2]["epochs"][0]["seconds"] = 30.0
+    write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
+    text = report.study_section(tmp_path)
+    assert "| GN | 7,410 | 99.60 +- 0.14% | 99.50% | 99.70% | 2 |" in text  # std of 99.5, 99.7: 0.141
+    assert ("3 runs of 1 epochs (seeds 0, 1), device `cpu`, torch 2.0, 1 torch thread per run, on Some CPU (2 runs), "
+            "Other CPU (1 runs); mean seconds per epoch (train + test, two runs sharing the 2 cores) GN 10.0, LN 30.0.") in text
+
+
+def test_compile_section_by_hand(tmp_path):
+    epochs = lambda accs, secs: [{"test_acc": a, "seconds": s} for a, s in zip(accs, secs)]  # noqa: E731
+    config = {"norm": "gn", "seed": 0, "epochs": 3}
+    write(tmp_path, "compile_gn_seed0.json", {"config": {**config, "compile": True, "device": "cpu"},
+                                              "epochs": epochs([98.0, 99.5, 99.4], [60.0, 10.0, 12.0])})
+    write(tmp_path, "study_x.json", {"runs": [{"config": {**config, "seed": 1}, "epochs": []},
+                                              {"config": config, "epochs": epochs([97.0, 99.0, 99.2], [20.0, 11.0, 13.0])}]})
+    lines = report.compile_section(tmp_path, "study_x.json").splitlines()
+    assert lines[2] == "| plain (in `results/study_x.json`) | 99.20% | 99.20% | 20.0 | 12.0 |"  # seed 0, not seed 1
+    assert lines[3] == "| `--compile` | 99.40% | 99.50% | 60.0 | 11.0 |"  # best epoch 2; median of 10 and 12
+
+
+def test_batch_size_section_leaves_the_gn_family_out_and_adds_the_hours(tmp_path):
+    def run(norm, groups=4):
+        return {"config": {"norm": norm, "gn_groups": groups, "l1": 0.0, "seed": 0, "epochs": 3, "batch_size": 64},
+                "device": "cpu", "torch": "2.0", "epochs": [{"seconds": 1800.0}] * 3}
+    entry = lambda norm: {"norm": norm, "batch_size": 64, "epochs": 3, "lr": 0.01, "seeds": [0],  # noqa: E731
+                          "test_acc": {"mean": 99.0, "std": 0.0, "min": 99.0, "max": 99.0}}
+    write(tmp_path, "batch_size_sweep.json", {"summary": [entry("bn"), entry("gn2"), entry("none")],
+                                              "runs": [run("bn"), run("gn", 2), run("none")]})
+    text = report.batch_size_section(tmp_path)
+    assert "GN(2)" not in text and "no norm" not in text
+    assert "1 runs of 3 epochs (seeds 0; mean ± std over seeds), device `cpu`, torch 2.0 per run; 1.5 hours" in text
+
+
+def test_levers_section_sorts_bn_first_and_gives_each_runs_range(tmp_path):
+    def bench(norm, lever, ratios):
+        return {"args": {"norm": norm, "lever": lever, "malloc": "keep"}, "round_ratios": ratios,
+                "ratio_classic_over_ours": sorted(ratios)[len(ratios) // 2],
+                "results": {name: {"epoch_s": s} for name, s in (("ours", 10.0), ("model", 9.0), ("classic", 14.0))}}
+    write(tmp_path, "bench_cpu_gn.json", bench("gn", "none", [1.1, 1.3, 1.2]))
+    write(tmp_path, "bench_cpu_bf16.json", bench("bn", "bf16", [0.9, 1.0, 0.8]))
+    write(tmp_path, "bench_cpu.json", bench("bn", "none", [1.4, 1.5, 1.6]))
+    write(tmp_path, "bench_cpu_norms.json", {"results": {}})  # not a pipelines file: left out
+    lines = report.levers_section(tmp_path).splitlines()[2:]
+    assert lines == ["| BN | none | 10.00 | 9.00 | 14.00 | 1.50 | 1.40-1.60 |",
+                     "| BN | bf16 | 10.00 | 9.00 | 14.00 | 0.90 | 0.80-1.00 |",
+                     "| GN | none | 10.00 | 9.00 | 14.00 | 1.20 | 1.10-1.30 |"]
+
+
+def test_shift_section_counts_models_and_seeds(tmp_path, monkeypatch):
+    rows = [{"variant": v, "seed": s} for v in ("GN", "LN", "BN+L1", "BN") for s in (0, 1)] * 3  # 3 shifts each
+    write(tmp_path, "shift.json", {"results": rows, "summary": [], "cpu": "Some CPU", "torch": "2.0", "threads": 1})
+    monkeypatch.setattr(report, "shift_table", lambda summary: "TABLE")  # shift_table has its own tests
+    text = report.shift_section(tmp_path)
+    assert text.endswith("8 models (the study's and BN's, 2 seeds each) on the 10,000 test images under every shift; "
+                         "test accuracy %, mean ± std over seeds; Some CPU, torch 2.0, 1 torch thread.")
