@@ -16,9 +16,11 @@ Every run uses one torch thread whatever the number of workers, so the numbers d
 import json
 import os
 import shlex
+import signal
+import threading
 from dataclasses import asdict, replace
 import sys
-from contextlib import closing
+from contextlib import closing, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -179,6 +181,8 @@ def start_ray(workers, address):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                  log_to_driver=False, logging_level="warning")
+    if _INTERRUPT_ON_TERMINATE:
+        signal.signal(signal.SIGTERM, _interrupt)
     return ray
 
 
@@ -295,6 +299,30 @@ def continue_command():
     return shlex.join(["python", *sys.argv])
 
 
+_INTERRUPT_ON_TERMINATE = []  # non-empty within terminate_as_interrupt(): start_ray puts the handler back
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM (`kill`, a scheduler's stop) ends the driver as Ctrl-C does: every finished
+    run stays recorded and the message says how to continue (in the main thread; elsewhere nothing changes).
+    ray.init installs a handler of its own that kills the process, so start_ray installs this one again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    _INTERRUPT_ON_TERMINATE.append(True)
+    try:
+        yield
+    finally:
+        _INTERRUPT_ON_TERMINATE.pop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
 def run_command(run, results, data_dir, device, address=None):
     """Check the device and the data here, call `run()` (which calls run_configs), and turn its errors into an
     exit code. With a cluster `address` the nodes check both for themselves (the driver may have no GPU, and
@@ -303,7 +331,8 @@ def run_command(run, results, data_dir, device, address=None):
         if not address:
             get_device(device)
             ensure_mnist(data_dir)  # downloaded once, here, before any worker needs it
-        run()
+        with terminate_as_interrupt():
+            run()
     except ValueError as error:  # an unusable --device
         print(f"error: {error}", file=sys.stderr)
         return 2
