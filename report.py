@@ -378,7 +378,8 @@ def gn_family_section(results):
     runs = [run for run in sweep["runs"] if norm_key(run) in ("gn2", "in")]
     return "\n".join(lines + ["", f"Test accuracy %, mean ± std over seeds, from `results/batch_size_sweep.json` "
                                f"(the sweep's recipe: 3 epochs, peak LR 0.01). GN(2) and IN: {len(runs)} runs "
-                               f"({seeds_line(runs)}), {hardware_line(runs[0])}; LN and GN are the sweep's own runs."])
+                               f"({seeds_line(runs)}), device `{runs[0]['device']}`, torch {runs[0]['torch']}, 1 torch thread per run, on "
+                               f"{machines(runs)}; LN and GN are the sweep's own runs."])
 
 
 def model_section(results):
