@@ -382,6 +382,23 @@ def gn_family_section(results):
                                f"{machines(runs)}; LN and GN are the sweep's own runs."])
 
 
+def gn_family_study_section(results):
+    """GN(2) and IN at the study's recipe, in one table (and the pairwise Welch table) with LN and GN."""
+    family = read_if_run(results, "study_gn2_in.json", "python main.py --norm all --variants gn2 in --seeds 0 1 2")
+    if isinstance(family, str):
+        return family
+    study = read(results, "study.json")["summary"]
+    by_groups = {label: summary[label] for label, summary in
+                 (("LN", study), ("GN(2)", family["summary"]), ("GN", study), ("IN", family["summary"]))
+                 if label in summary}
+    runs = family["runs"]
+    return "\n".join([
+        summary_table(by_groups), "", pairwise_table(by_groups), "",
+        f"From `results/study_gn2_in.json` ({len(runs)} runs, {seeds_line(runs)}, device `{runs[0]['device']}`, "
+        f"torch {runs[0]['torch']}, 1 torch thread per run, on {machines(runs)}) and `results/study.json` (LN and "
+        f"GN, every seed it holds); in the order of the groups: 1 (LN), 2, 4 (GN), one channel per group (IN)."])
+
+
 def model_section(results):
     """The network's blocks, output shapes and parameters, computed from model.Net (BN; GN, LN and IN count the same)."""
     import torch  # the one section that builds the model
@@ -419,7 +436,7 @@ SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": 
             "SHIFT": shift_section,
             "INFERENCE": inference_section, "WORKERS": workers_section, "COMMAND": command_section,
             "SEEDS": seeds_section, "L1_WEIGHTS": l1_weights_section, "NO_NORM": no_norm_section,
-            "GN_FAMILY": gn_family_section, "MODEL": model_section}
+            "GN_FAMILY": gn_family_section, "GN_FAMILY_STUDY": gn_family_study_section, "MODEL": model_section}
 
 
 def blocks(text):

@@ -244,3 +244,15 @@ def test_shift_section_counts_models_and_seeds(tmp_path, monkeypatch):
     text = report.shift_section(tmp_path)
     assert text.endswith("8 models (the study's and BN's, 2 seeds each) on the 10,000 test images under every shift; "
                          "test accuracy %, mean ± std over seeds; Some CPU, torch 2.0, 1 torch thread.")
+
+
+def test_gn_family_study_section_orders_the_rows_by_groups(tmp_path):
+    from study import summarize
+    assert report.gn_family_study_section(tmp_path).startswith("Not run yet")
+    study = [study_record(label, norm, s, a) for label, norm in (("GN", "gn"), ("LN", "ln")) for s, a in enumerate([99.5, 99.6])]
+    family = [study_record(label, norm, s, a) for label, norm in (("IN", "in"), ("GN(2)", "gn")) for s, a in enumerate([99.1, 99.3])]
+    write(tmp_path, "study.json", {"summary": summarize(study), "runs": study})
+    write(tmp_path, "study_gn2_in.json", {"summary": summarize(family), "runs": family})
+    lines = report.gn_family_study_section(tmp_path).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:6]] == ["| LN", "| GN(2)", "| GN", "| IN"]
+    assert "Bonferroni for 6 pairs" in lines[7] and "4 runs, seeds 0, 1, device `cpu`" in lines[-1]
