@@ -50,7 +50,7 @@ def study_section(results):
     return "\n".join([
         summary_table(study["summary"]), "",
         f"From `results/study.json`: {len(study['runs'])} runs of {len(first['epochs'])} epochs ({seeds_line(study['runs'])}), "
-        f"device `{first['device']}`, torch {first['torch']}, 1 torch thread per run, on {machines(study['runs'])}; "
+        f"{where_line(study['runs'])}; "
         f"mean seconds per epoch (train + test, two runs sharing the 2 cores) "
         + ", ".join(f"{label} {s:.1f}" for label, s in seconds.items()) + ".",
     ])
@@ -178,6 +178,11 @@ def machines(runs):
         where = f"{cpu}, family/model {family_model}" if family_model else cpu
         counts[where] = counts.get(where, 0) + 1
     return counts.popitem()[0] if len(counts) == 1 else ", ".join(f"{c} ({n} runs)" for c, n in counts.items())
+
+
+def where_line(runs):
+    """'device `cpu`, torch 2.14.1, 1 torch thread per run, on AMD EPYC': where a results file's runs trained."""
+    return f"device `{runs[0]['device']}`, torch {runs[0]['torch']}, 1 torch thread per run, on {machines(runs)}"
 
 
 def seeds_line(runs):
@@ -378,8 +383,7 @@ def gn_family_section(results):
     runs = [run for run in sweep["runs"] if norm_key(run) in ("gn2", "in")]
     return "\n".join(lines + ["", f"Test accuracy %, mean ± std over seeds, from `results/batch_size_sweep.json` "
                                f"(the sweep's recipe: 3 epochs, peak LR 0.01). GN(2) and IN: {len(runs)} runs "
-                               f"({seeds_line(runs)}), device `{runs[0]['device']}`, torch {runs[0]['torch']}, 1 torch thread per run, on "
-                               f"{machines(runs)}; LN and GN are the sweep's own runs."])
+                               f"({seeds_line(runs)}), {where_line(runs)}; LN and GN are the sweep's own runs."])
 
 
 def gn_family_study_section(results):
@@ -394,9 +398,9 @@ def gn_family_study_section(results):
     runs = family["runs"]
     return "\n".join([
         summary_table(by_groups), "", pairwise_table(by_groups), "",
-        f"From `results/study_gn2_in.json` ({len(runs)} runs, {seeds_line(runs)}, device `{runs[0]['device']}`, "
-        f"torch {runs[0]['torch']}, 1 torch thread per run, on {machines(runs)}) and `results/study.json` (LN and "
-        f"GN, every seed it holds); in the order of the groups: 1 (LN), 2, 4 (GN), one channel per group (IN)."])
+        f"From `results/study_gn2_in.json` ({len(runs)} runs, {seeds_line(runs)}, {where_line(runs)}) and "
+        f"`results/study.json` (LN and GN, every seed it holds); in the order of the groups: 1 (LN), 2, 4 (GN), one "
+        f"channel per group (IN)."])
 
 
 def model_section(results):
