@@ -40,9 +40,14 @@ def raw_dir(root):
     return Path(root) / "MNIST" / "raw"
 
 
+def raw_kind(path):
+    """'images' or 'labels': which RAW_FILES entry a raw MNIST file is."""
+    return "labels" if "labels" in path.name else "images"
+
+
 def check_raw_file(path):
     """Raise DataError unless `path` is a complete raw MNIST file: right magic number and size."""
-    kind = "labels" if "labels" in path.name else "images"
+    kind = raw_kind(path)
     _, magic, header, item_bytes = RAW_FILES[kind]
     with open(path, "rb") as file:
         data = file.read(header)
@@ -60,7 +65,7 @@ def check_raw_file(path):
 def read_raw_file(path):
     """The items of a checked raw MNIST file, read as torchvision reads them: uint8 images (N, 28, 28) or
     int64 labels (N,)."""
-    kind = "labels" if "labels" in path.name else "images"
+    kind = raw_kind(path)
     _, _, header, _ = RAW_FILES[kind]
     values = torch.frombuffer(bytearray(path.read_bytes()[header:]), dtype=torch.uint8)
     return values.view(-1, 28, 28) if kind == "images" else values.long()
