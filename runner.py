@@ -1,4 +1,5 @@
-"""Many runs, one engine: train a list of configs, in this process or as Ray tasks, and record each result.
+"""Many runs, one engine: train a list of configs, in this process, in forked processes or as Ray tasks, and record
+each result.
 
 Every experiment (the study, the batch-size sweep, the LR-range study, ...) defines its configs and
 its summary and hands them to `run_configs`. Each config becomes one `utils.fit` run in its own
@@ -8,16 +9,22 @@ file, once per finished run, so no file is shared between processes or machines;
 the file are skipped, so the same command continues after a stop.
 
     workers=1, no address   the runs one after another in this process (no Ray: the notebook's way)
-    workers=N               an embedded Ray with N CPUs on this machine, one run per CPU
+    workers=N               N processes forked from this one on this machine (Linux, CPU runs): they start
+                            with its imports, so a worker's first run starts at once (no Ray)
+    workers=N, on a GPU     an embedded Ray with N CPUs sharing this machine's GPUs (also on macOS and
+                            Windows, which have no safe fork, and when this process already started Ray)
     address="auto" or ADDR  an existing Ray cluster (`ray start --head` ...), every node's CPUs
 
 Every run uses one torch thread whatever the number of workers, so the numbers don't depend on it.
 """
 import json
+import multiprocessing
 import os
 import shlex
 import signal
 import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 import sys
 from contextlib import closing, contextmanager
@@ -186,18 +193,37 @@ def start_ray(workers, address):
     return ray
 
 
+def placement(workers, address=None, resources=None):
+    """Where map_tasks runs the tasks: 'here' (one after another in this process), 'forked' (`workers`
+    processes forked from this one: Linux, CPU tasks) or 'ray' (a cluster, a share of this machine's GPUs,
+    a system without a safe fork, or a Ray this process started before)."""
+    if workers == 1 and not address:
+        return "here"
+    ray = sys.modules.get("ray")
+    if (address or (resources or {}).get("num_gpus") or not sys.platform.startswith("linux")
+            or (ray is not None and ray.is_initialized())):
+        return "ray"
+    return "forked"
+
+
+PLACES = {"here": "in this process", "forked": "in forked processes", "ray": "on Ray"}
+
+
 def map_tasks(function, items, workers=1, address=None, resources=None):
     """Yield (item, result, error) for `function(*item)` over `items`, as each finishes.
 
-    workers=1 without an address: one after another in this process, one torch thread each.
-    Otherwise each call is a Ray task with `resources` (default: one CPU), retried MAX_RETRIES times
-    if its worker or node dies; an exception in `function` is returned as `error` (a line of text)
-    and the others go on. Interrupted (Ctrl-C in a run in this process) stops everything.
+    Where the calls run is placement(workers, address, resources); each uses one torch thread. An
+    exception in `function` is returned as `error` (a line of text) and the others go on. A task whose
+    worker (or node) died is started again, MAX_RETRIES times. Interrupted (Ctrl-C in a run in this
+    process) stops everything; Ctrl-C or an error in this process ends the workers' tasks too.
     """
     if not items:
         return
-    if workers == 1 and not address:
+    place = placement(workers, address, resources)
+    if place == "here":
         yield from _in_process(function, items)
+    elif place == "forked":
+        yield from _in_forked_processes(function, items, workers)
     else:
         yield from _on_ray(function, items, workers, address, resources or {"num_cpus": 1})
 
@@ -215,6 +241,59 @@ def _in_process(function, items):
                 yield item, None, f"{type(error).__name__}: {error}"
     finally:
         torch.set_num_threads(threads)
+
+
+def _in_forked_processes(function, items, workers):
+    """map_tasks in `workers` processes forked from this one. They inherit its imported modules (and anything
+    it loaded), so they start in milliseconds where a Ray worker spends seconds importing torch; a task's
+    numbers are the same as in this process. The processes ignore Ctrl-C: this one ends them."""
+    todo = list(items)
+    for attempt in range(MAX_RETRIES + 1):
+        died = []  # a dead worker breaks the pool: every task not finished is started again in a new one
+        with _forked_pool(workers) as pool:
+            futures = {pool.submit(_reported, function, item): item for item in todo}
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    result, error = future.result()
+                except BrokenProcessPool as broken:
+                    if attempt < MAX_RETRIES:
+                        died.append(item)
+                        continue
+                    result, error = None, f"a worker process died ({broken})"
+                yield item, result, error
+        if not died:
+            return
+        todo = died
+
+
+@contextmanager
+def _forked_pool(workers):
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_as_a_worker)
+    try:
+        yield pool
+    except BaseException:  # Ctrl-C, an error here, or the caller stopped reading: end the tasks still going
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in multiprocessing.active_children():  # the pool's (the runner starts no other)
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _as_a_worker():
+    """A forked worker: one torch thread; Ctrl-C goes to the driver, which ends it (SIGTERM: at once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)
+
+
+def _reported(function, item):
+    """(function(*item), None), or (None, the error as a line of text): every error reaches the driver as text."""
+    try:
+        return function(*item), None
+    except Exception as error:
+        return None, f"{type(error).__name__}: {error}"
 
 
 def _on_ray(function, items, workers, address, resources):
@@ -257,15 +336,15 @@ def run_configs(configs, results, summarize, engine=Engine(), measure=None, mode
     with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
         runs = load_results(results)["runs"]
         todo = [c for c in configs if not find_run(runs, c)]
+        place = placement(workers, address, task_resources(todo[0].device, engine.gpus_per_run) if todo else None)
         log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {shown}; {len(todo)} to go"
-            + (f" ({'in this process' if workers == 1 and not address else 'on Ray'})" if todo else ""))
+            + (f" ({PLACES[place]})" if todo else ""))
         failures = []
         with tqdm(total=len(todo), unit="run", desc="runs", dynamic_ncols=True, disable=not todo) as bar:
             write = bar.write if log is print else log  # lines above the bar
-            in_here = workers == 1 and not address
-            tasks = [(config, out, measure, write if in_here else None) for config in todo]
-            resources = (None if in_here or not todo else
-                         cluster_resources(todo[0].device, engine.gpus_per_run, workers, address))
+            tasks = [(config, out, measure, write if place == "here" else None) for config in todo]
+            resources = cluster_resources(todo[0].device, engine.gpus_per_run, workers, address) if place == "ray" \
+                else None
             with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
                 for (config, *_), result, error in stream:
                     run, weights = result or (None, None)

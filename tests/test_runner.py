@@ -1,11 +1,13 @@
-"""The runner: in-process and on Ray give the same records; recorded runs are skipped, failures reported,
-an interrupted run resumes, a cluster is joined by address, Ctrl-C keeps what finished."""
+"""The runner: in-process, in forked processes and on Ray give the same records; recorded runs are skipped,
+failures reported, a dead worker's task retried, an interrupted run resumes, a cluster is joined by address,
+Ctrl-C keeps what finished and leaves no worker behind."""
 import json
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ import torch
 import runner
 from conftest import OFFLINE, ROOT, start_main, wait_until
 from config import Config, Engine, config_from_record, run_name
-from runner import RunsFailed, run_configs, task_resources
+from runner import RunsFailed, map_tasks, placement, run_configs, task_resources
 from study import summarize
 
 ray = pytest.importorskip("ray")
@@ -38,18 +40,70 @@ def without_seconds(runs):
              "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]]} for run in runs]
 
 
-def test_workers_1_and_2_give_identical_records_and_weights(tiny_mnist, tmp_path, local_ray):
-    records = {}
+# the forked workers' tests come first: once local_ray has started Ray in this process, workers=2 goes to it
+def test_forked_workers_give_the_records_and_weights_of_one_process(tiny_mnist, tmp_path):
+    assert not ray.is_initialized()
+    check_workers_1_and_2_agree(tiny_mnist, tmp_path, "forked")
+
+
+def test_a_task_that_raises_in_a_forked_worker_is_reported_and_the_others_finish(tiny_mnist, tmp_path):
+    assert not ray.is_initialized()
+    check_a_failure_is_reported(tiny_mnist, tmp_path)
+
+
+def check_workers_1_and_2_agree(tiny_mnist, tmp_path, place):
+    records, lines = {}, []
     for workers in (1, 2):
         folder = tmp_path / f"w{workers}"
         run_configs(configs(tiny_mnist), folder / "r.json", summarize, Engine(str(folder / "runs"), workers),
-                    models_dir=folder / "models", log=lambda line: None)
+                    models_dir=folder / "models", log=lines.append)
         records[workers] = json.loads((folder / "r.json").read_text())["runs"]
+    assert any(line.endswith(f"2 to go ({runner.PLACES[place]})") for line in lines), lines
     assert without_seconds(records[1]) == without_seconds(records[2])
     assert all(run["threads"] == 1 and "data_dir" not in run["config"] for run in records[1])
     for config in configs(tiny_mnist):
         a, b = (torch.load(tmp_path / f"w{w}" / "models" / f"{run_name(config)}.pt") for w in (1, 2))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def check_a_failure_is_reported(tiny_mnist, tmp_path):
+    broken = replace(configs(tiny_mnist)[0], norm="gn", gn_groups=3, seed=5)  # 3 divides no width: Net raises
+    with pytest.raises(RunsFailed) as failed:
+        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2),
+                    log=lambda line: None)
+    [(name, message)] = failed.value.failures
+    assert name == run_name(broken) and "gn_groups=3 must divide every width" in message
+    assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 2
+
+
+def dies_the_first_time(marker):
+    """A task whose worker process dies (as if killed) the first time it runs; returns its pid the second time."""
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return os.getpid()
+
+
+def test_a_forked_worker_that_dies_is_started_again_and_its_task_done(tmp_path):
+    assert not ray.is_initialized()
+    items = [(tmp_path / f"m{i}",) for i in range(3)]
+    done = list(map_tasks(dies_the_first_time, items, workers=2))
+    assert sorted(item for item, _, _ in done) == items and all(error is None for *_, error in done), done
+    assert {pid for _, pid, _ in done}.isdisjoint({os.getpid()})  # in workers, not here
+
+
+def test_where_tasks_run():
+    assert not ray.is_initialized()
+    assert placement(1) == "here" and placement(2) == "forked" and placement(2, resources={"num_gpus": 0}) == "forked"
+    assert placement(2, resources={"num_gpus": 0.25}) == "ray" and placement(1, "auto") == "ray"
+
+
+def test_ray_workers_give_the_records_and_weights_of_one_process(tiny_mnist, tmp_path, local_ray):
+    check_workers_1_and_2_agree(tiny_mnist, tmp_path, "ray")
+
+
+def test_a_task_that_raises_on_ray_is_reported_and_the_others_finish(tiny_mnist, tmp_path, local_ray):
+    check_a_failure_is_reported(tiny_mnist, tmp_path)
 
 
 def test_a_recorded_run_is_skipped(tiny_mnist, tmp_path):
@@ -72,16 +126,6 @@ def test_a_run_recorded_on_auto_is_not_trained_again_on_cpu(tiny_mnist, tmp_path
                 log=lines.append)
     assert lines[-1].startswith("2 of 2 runs already in"), lines
     assert ({path.name: path.stat().st_mtime_ns for path in models.iterdir()}, results.read_bytes()) == before
-
-
-def test_a_task_that_raises_is_reported_and_the_others_finish(tiny_mnist, tmp_path, local_ray):
-    broken = replace(configs(tiny_mnist)[0], norm="gn", gn_groups=3, seed=5)  # 3 divides no width: Net raises
-    with pytest.raises(RunsFailed) as failed:
-        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2),
-                    log=lambda line: None)
-    [(name, message)] = failed.value.failures
-    assert name == run_name(broken) and "gn_groups=3 must divide every width" in message
-    assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 2
 
 
 def test_a_run_killed_half_way_resumes_from_its_checkpoint(tiny_mnist, tmp_path):
@@ -231,6 +275,19 @@ def test_a_node_removed_mid_sweep_leaves_its_runs_to_the_other(tiny_mnist, tmp_p
     assert {node for *_, node in summary["runs"]} == {summary["head"], summary["other"]}  # both nodes trained runs
 
 
+def children(pid):
+    """The pids of a process's children (Linux)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid):
+    """Whether a process exists and is not a zombie (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(sig, tiny_mnist, tmp_path):
     args = ["--norm", "all", "--seeds", "0", "1", "2", "--epochs", "1", "--train-subset", "20000", "--workers", "2",
@@ -241,8 +298,10 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(sig, tiny_mnis
     try:
         wait_until(lambda: results.exists() and json.loads(results.read_text())["runs"], 600, f"a run in {results}",
                    process)
+        workers = children(process.pid)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=120)
+        assert len(workers) == 2 and not [pid for pid in workers if alive(pid)], "a worker outlived its driver"
     finally:
         if process.poll() is None:  # the test failed: leave no driver (and its Ray) behind
             process.kill()
