@@ -28,10 +28,11 @@ then inference of BN, BN folded into its convs (torch's fuse_conv_bn_eval), GN a
 1000, side by side (results/bench_<device>_inference.json).
 
 `workers`: the same short study runs (the study's three variants, seeds 0 and 1, 1 epoch on 20,000
-images) with the runner at --workers 1 and --workers 2, in alternating rounds, and Ray's start-up on its
-own (results/bench_cpu_workers.json). It measures the runner, not the model.
+images) with the runner at --workers 1 and on two Ray workers (Ray started first: a Ray in the process takes
+the runs), in alternating rounds, and Ray's start-up on its own (results/bench_cpu_workers.json). It
+measures the runner, not the model.
 
-`command`: the whole `python main.py --norm all` from a cold start (Ray's start, the workers' imports and
+`command`: the whole `python main.py --norm all` from a cold start (the workers' start, their imports and
 MNIST loads, the figures after the runs) at --workers 1 and 2, alternating rounds, each a fresh process
 (results/bench_cpu_command_e<epochs>_n<train subset>[_<label>].json).
 
@@ -420,7 +421,7 @@ def main_workers_speedup(args):
 
 def main_command(args):
     """bench.py command: `python main.py --norm all` (the study's three variants for --seeds) from a cold start,
-    with --workers 1 and 2 in alternating rounds: Ray's start, the workers' imports and MNIST loads and the
+    with --workers 1 and 2 in alternating rounds: the workers' start, their imports and MNIST loads and the
     figures drawn after the runs are all in the wall time. `--repo` times another checkout's main.py (the
     commit before a change, say); every number it trains must equal between the two worker counts."""
     import subprocess

@@ -15,7 +15,8 @@ def add_engine_flags(parser):
     """--workers, --address and --gpus-per-run, the same for every multi-run command."""
     add = parser.add_argument
     add("--workers", type=int, default=os.cpu_count() or 1,
-        help="runs at a time, one CPU and one torch thread each (1: in this process, without Ray)")
+        help="runs at a time, one CPU and one torch thread each (1: in this process; N: N forked worker processes, "
+             "or Ray on a GPU, macOS or Windows)")
     add("--address", default=None,
         help="join this Ray cluster instead of starting one ('auto': the one `ray start` started on this machine)")
     add("--gpus-per-run", type=float, default=None,

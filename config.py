@@ -60,7 +60,7 @@ EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS = (0, 1, 2), 3
 class Engine:
     """How runs are trained: handed to runner.run_configs by every multi-run command and the notebook."""
     out: str = "runs"                # folder for the run folders
-    workers: int = 1                 # runs at a time (1: in this process, without Ray)
+    workers: int = 1                 # runs at a time (1: in this process; see runner.placement)
     address: str | None = None       # a Ray cluster to join instead of starting one
     gpus_per_run: float | None = None  # share of a GPU per run (unset: runner's default)
 

@@ -1,7 +1,7 @@
 """Train the MNIST CNN with BN, GN or LN from a shell; `--norm all` runs the whole study.
 
     python main.py --norm gn --epochs 20
-    python main.py --norm all --epochs 20 --seeds 0 1 2      # on every core (Ray); --workers 1: in this process
+    python main.py --norm all --epochs 20 --seeds 0 1 2      # on every core; --workers 1: in this process
     python main.py --resume runs/gn_seed0
 """
 import argparse

@@ -312,8 +312,8 @@ def command_section(results):
     hw = json.loads(paths[0].read_text())["hardware"]
     rounds = sorted({len(json.loads(p.read_text())["wall_s"]["1"]) for p in paths})
     return "\n".join(rows + ["", f"From `results/bench_cpu_command_*.json`: each a fresh `python main.py` process "
-                              f"(Ray's start, the workers' imports and MNIST loads, the figures drawn after the runs "
-                              f"all included), median of {'/'.join(map(str, rounds))} round(s) with the order alternating, "
+                              f"(the workers' start, Ray's or a fork, their imports and MNIST loads, the figures drawn after "
+                              f"the runs all included), median of {'/'.join(map(str, rounds))} round(s) with the order alternating, "
                               f"on {hw['processor']} with {hw['cpu_count']} cores, torch {hw['torch']}, nothing else "
                               f"running."])
 
