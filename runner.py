@@ -233,12 +233,7 @@ def _in_process(function, items):
     torch.set_num_threads(1)
     try:
         for item in items:
-            try:
-                yield item, function(*item), None
-            except Interrupted:
-                raise
-            except Exception as error:  # a failed task is reported, the others go on
-                yield item, None, f"{type(error).__name__}: {error}"
+            yield item, *_reported(function, item)
     finally:
         torch.set_num_threads(threads)
 
@@ -289,9 +284,12 @@ def _as_a_worker():
 
 
 def _reported(function, item):
-    """(function(*item), None), or (None, the error as a line of text): every error reaches the driver as text."""
+    """(function(*item), None), or (None, the error as a line of text): a failed task is reported, the others go
+    on. Interrupted (Ctrl-C in this process) is raised: it stops everything."""
     try:
         return function(*item), None
+    except Interrupted:
+        raise
     except Exception as error:
         return None, f"{type(error).__name__}: {error}"
 
