@@ -1,13 +1,14 @@
 """Every name and default in one place: the settings of a run (`Config`), the variants compared, run names.
 
-A fourth normalization is added here (`NORMS`, `VARIANTS`) and in model.py (`norm_layer`); the CLI's
+Another normalization is added here (`NORMS`, `VARIANTS`, `PLAIN`) and in model.py (`norm_layer`); the CLI's
 choices, the tables and the figures derive from these. No torch here: a command line parses its
 flags (and answers --help or a bad flag) before torch is imported.
 """
 import os
 from dataclasses import asdict, dataclass, fields
 
-NORMS = ("bn", "gn", "ln", "in", "none")  # model.norm_layer builds each
+NORMS = ("bn", "brn", "gn", "gnws", "ln", "in", "frn", "evo", "none")  # model.norm_layer builds each
+BN_BATCH_NORMS = ("bn", "brn")  # the norms whose training batch Config.bn_batch can slice
 GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
 WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
 DATA_DIR_ENV = "MNIST_DATA_DIR"  # used when --data-dir is not given
@@ -35,6 +36,7 @@ class Config:
     weight_decay: float = 0.0  # the optimizer's L2 penalty (0 = off)
     l1: float = 0.0           # lambda of the L1 penalty on conv weights (0 = off)
     gn_groups: int = GN_GROUPS  # groups of GroupNorm for norm="gn"
+    bn_batch: int = 0         # BN's normalization batch: slices of K images, each by its own statistics (0 = all)
     dropout: float = 0.05
     degrees: float = 8.0      # training augmentation: max rotation, degrees
     shift: float = 2.0        # training augmentation: max shift, pixels
@@ -60,9 +62,9 @@ EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS = (0, 1, 2), 3
 class Engine:
     """How runs are trained: handed to runner.run_configs by every multi-run command and the notebook."""
     out: str = "runs"                # folder for the run folders
-    workers: int = 1                 # runs at a time (1: in this process; see runner.placement)
-    address: str | None = None       # a Ray cluster to join instead of starting one
-    gpus_per_run: float | None = None  # share of a GPU per run (unset: runner's default)
+    workers: int = 1                 # runs at a time on this machine's CPUs (see runner.placement)
+    address: str | None = None       # a Ray cluster to train on (the only use of Ray)
+    gpus_per_run: float | None = None  # on the cluster: share of a GPU per run (unset: runner's default)
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,14 @@ VARIANTS = {
     "gn2": Variant("GN(2)", "tab:purple", {"norm": "gn", "gn_groups": 2}),  # the GN family: 1 (LN), 2, 4 (GN), C (IN)
     "in": Variant("IN", "tab:brown", {"norm": "in"}),
     "none": Variant("no norm", "tab:gray", {"norm": "none"}),
+    "gnws": Variant("GN+WS", "navy", {"norm": "gnws"}),  # GN(4) after weight-standardized convs: GN's dark blue
+    "brn": Variant("BRN", "tab:pink", {"norm": "brn"}),  # Batch Renormalization: near BN's red
+    "frn": Variant("FRN", "tab:olive", {"norm": "frn"}),  # Filter Response Normalization with its TLU
+    "evo": Variant("EvoNorm-S0", "tab:cyan", {"norm": "evo"}),
 }
 assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry (label, colour)"
 # the variants without L1, in the order of every table and figure; the experiments' --norms choices
-PLAIN = ("bn", "gn", "ln", "gn2", "in", "none")
+PLAIN = ("bn", "brn", "gn", "gnws", "ln", "gn2", "in", "frn", "evo", "none")
 assert set(PLAIN) == {key for key in VARIANTS if not key.endswith("_l1")}
 STUDY_VARIANTS = ("gn", "ln", "bn_l1")  # the mission's three; "bn" (no L1) is the control of the shift study
 COMPARED = ("bn", "gn", "ln")  # what the sweep and the LR range run unless --norms says otherwise
@@ -110,7 +116,7 @@ def run_label(config):
 
 # settings that name a run folder when they differ from DEFAULTS, and their short names
 NAMED = {"epochs": "e", "batch_size": "bs", "lr": "lr", "optimizer": "", "weight_decay": "wd", "gn_groups": "g",
-         "dropout": "do", "degrees": "rot", "shift": "sh", "val_split": "val", "train_subset": "n",
+         "bn_batch": "nb", "dropout": "do", "degrees": "rot", "shift": "sh", "val_split": "val", "train_subset": "n",
          "compile": "compiled"}
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from config import DEVICES, SGD_MOMENTUM, run_label
 from data import DeviceLoader, eval_batch_size
-from model import Net, count_parameters
+from model import Net, count_parameters, set_total_steps
 from run_folder import checkpoint_state, resume
 from system import WriteError, cpu_name, fingerprint, run_lock, save_json, save_torch, stop_requests
 
@@ -145,17 +145,18 @@ def evaluate(model, loader):
 
 # ---- a whole run ------------------------------------------------------------------
 def build(config, splits):
-    """Model, loaders, Adam and its one-cycle schedule for `config`, seeded."""
+    """Model, loaders, Adam and its one-cycle schedule for `config`, seeded; BRN's schedule spans the same steps."""
     set_seed(config.seed)
     device = splits["train"][0].device
-    model = Net(config.norm, config.gn_groups, config.dropout).to(device)
+    model = Net.from_config(config).to(device)
     train_loader = DeviceLoader(*splits["train"], config.batch_size, shuffle=True,
                                 degrees=config.degrees, shift=config.shift, seed=config.seed)
     eval_loaders = {name: DeviceLoader(*splits[name], eval_batch_size(device))
                     for name in ("val", "test") if name in splits}
     optimizer = make_optimizer(config, model.parameters())
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * len(train_loader))
+    total_steps = config.epochs * len(train_loader)
+    set_total_steps(model, total_steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
     return model, train_loader, eval_loaders, optimizer, scheduler
 
 
@@ -184,13 +185,14 @@ def epoch_line(label, row, epochs):
             f"acc {row['test_acc']:6.2f}% | {row['seconds']:5.1f} s")
 
 
-def fit(config, splits, run_dir, label=None, progress=True, log=print, final_metrics=None):
+def fit(config, splits, run_dir, label=None, progress=True, log=print, final_metrics=None, on_epoch=None):
     """Train one run into `run_dir`, resuming from its checkpoint.pt if there is one.
 
     After every epoch checkpoint.pt and metrics.json are rewritten atomically; model.pt (the final
     state_dict) is written at the end. `final_metrics(model, splits, config)` returns more metrics
-    of the last epoch (e.g. BN tested with other statistics), added before that last write. The
-    folder is locked while this runs, every write included. Returns (metrics, model).
+    of the last epoch (e.g. BN tested with other statistics), added before that last write; `on_epoch(row)`
+    is called after each epoch is saved. The folder is locked while this runs, every write included.
+    Returns (metrics, model).
     """
     run_dir, label = Path(run_dir), label or run_label(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,8 @@ def fit(config, splits, run_dir, label=None, progress=True, log=print, final_met
             save_run_files(run_dir, label, epoch, metrics,
                            checkpoint=checkpoint_state(model, optimizer, scheduler, train_loader, metrics))
             log(epoch_line(label, row, config.epochs))
+            if on_epoch is not None:
+                on_epoch(row)
         if final_metrics is not None and metrics["epochs"]:
             metrics["epochs"][-1].update(final_metrics(model, splits, config))
         save_run_files(run_dir, label, len(metrics["epochs"]), metrics, final_model=model.state_dict())

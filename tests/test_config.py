@@ -22,6 +22,10 @@ from model import NORMS
     (Config(norm="in"), "in_seed0"),
     (Config(norm="none", batch_size=8, epochs=3), "none_e3_bs8_seed0"),
     (Config(weight_decay=1e-4, val_split=10_000, compile=True), "bn_wd0.0001_val10000_compiled_seed0"),
+    (Config(bn_batch=2), "bn_nb2_seed0"),                             # BN normalizing slices of 2 images
+    (Config(norm="brn", batch_size=512, bn_batch=32), "brn_bs512_nb32_seed0"),
+    (Config(norm="gnws"), "gnws_seed0"),
+    (Config(norm="evo", l1=STUDY_L1), "evo_l1_seed0"),
 ])
 def test_run_name_examples(config, name):
     assert run_name(config) == name
@@ -34,7 +38,7 @@ def test_run_name_ignores_where_the_data_is_and_what_it_runs_on():
 def test_every_setting_that_changes_a_run_changes_its_name():
     # run_name keys the run folder and the saved weights (runner: models_dir/<run name>.pt)
     changed = {"norm": "gn", "epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "weight_decay": 1e-4,
-               "l1": 1e-4, "gn_groups": 2, "dropout": 0.1, "degrees": 4.0, "shift": 1.0, "seed": 1,
+               "l1": 1e-4, "gn_groups": 2, "bn_batch": 2, "dropout": 0.1, "degrees": 4.0, "shift": 1.0, "seed": 1,
                "val_split": 100, "train_subset": 100, "compile": True}
     assert set(changed) == set(IDENTITY) == set(asdict(DEFAULTS)) - {"data_dir", "device"}
     names = {key: run_name(replace(DEFAULTS, **{key: value})) for key, value in changed.items()}
@@ -48,10 +52,11 @@ def test_different_l1_lambdas_get_different_names():
 
 
 def test_every_norm_has_a_variant_with_label_and_colour():
+    labels = {"gnws": "GN+WS", "evo": "EvoNorm-S0", "none": "no norm"}  # the others: the key in capitals
     for norm in NORMS:
         variant = VARIANTS[norm]
         assert variant.settings == {"norm": norm}
-        assert variant.label == (norm.upper() if norm != "none" else "no norm") and variant.color
+        assert variant.label == labels.get(norm, norm.upper()) and variant.color
     assert len({v.label for v in VARIANTS.values()}) == len({v.color for v in VARIANTS.values()}) == len(VARIANTS)
 
 
@@ -97,3 +102,12 @@ def test_an_old_record_without_newer_fields_is_the_same_run():
     old = {k: v for k, v in asdict(Config(norm="ln", seed=2)).items() if k not in ("optimizer", "compile")}
     assert same_run(old, Config(norm="ln", seed=2, device="cpu"))
     assert run_identity(old) == run_identity(Config(norm="ln", seed=2))
+
+
+def test_records_written_before_bn_batch_are_plain_bn_runs_of_the_same_name():
+    old = {k: v for k, v in asdict(Config(norm="bn", seed=1, batch_size=512)).items() if k != "bn_batch"}
+    assert config_from_record(old) == Config(norm="bn", seed=1, batch_size=512)
+    assert config_from_record(old).bn_batch == 0 and run_identity(old)["bn_batch"] == 0
+    assert run_name(config_from_record(old)) == "bn_bs512_seed1"
+    assert same_run(old, Config(norm="bn", seed=1, batch_size=512))
+    assert not same_run(old, Config(norm="bn", seed=1, batch_size=512, bn_batch=32))  # slices: another run

@@ -1,17 +1,32 @@
 """model.py: the CNN, its normalization layers, its parameter budget."""
+import re
+
 import pytest
 import torch
+from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d, StdConv2d
 from torch import nn
 
-from model import NORMS, Net, count_parameters, norm_layer
+from model import NORMS, WITH_ACTIVATION, BatchRenorm2d, Net, count_parameters, norm_layer, set_total_steps
 
-LAYER_TYPE = {"bn": nn.BatchNorm2d, "gn": nn.GroupNorm, "ln": nn.GroupNorm, "in": nn.GroupNorm, "none": nn.Identity}
-NORMALIZED = [n for n in NORMS if n != "none"]
+LAYER_TYPE = {"bn": nn.BatchNorm2d, "brn": BatchRenorm2d, "gn": nn.GroupNorm, "gnws": nn.GroupNorm,
+              "ln": nn.GroupNorm, "in": nn.GroupNorm, "frn": FilterResponseNormTlu2d, "evo": EvoNorm2dS0,
+              "none": nn.Identity}
+# conv(c w) -> norm is norm(conv(w)) in training (up to eps): the statistics, or WS's, divide the scale out.
+# Not for EvoNorm-S0, whose gate sigmoid(v x) sees x's scale, nor for BRN past its warm-up, whose r and d compare
+# the batch with running statistics that do not scale: "brn" here is BRN in its warm-up (plain BN)
+SCALE_INVARIANT = ("bn", "brn", "gn", "gnws", "ln", "in", "frn")
+
+
+def trainable(norm, **settings):
+    """Net(norm) ready for training-mode calls: BRN needs the run's steps (1,000: its first 50 calls are BN's)."""
+    model = Net(norm, **settings)
+    set_total_steps(model, 1000)
+    return model
 
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_output_shape_and_finite(norm):
-    model = Net(norm)
+    model = trainable(norm)
     out = model(torch.randn(5, 1, 28, 28))
     assert out.shape == (5, 10)
     assert torch.isfinite(out).all()
@@ -19,7 +34,7 @@ def test_output_shape_and_finite(norm):
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_every_parameter_gets_a_gradient(norm):
-    model = Net(norm)
+    model = trainable(norm)
     model(torch.randn(4, 1, 28, 28)).logsumexp(1).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -38,12 +53,18 @@ def test_right_normalization_layers(norm):
     assert all(type(m) is LAYER_TYPE[norm] for m in norms)
     convs = [block[0] for block in model.features if isinstance(block, nn.Sequential)]
     assert all((conv.bias is not None) == (norm == "none") for conv in convs)  # a bias only where no norm follows
+    assert all(type(conv) is (StdConv2d if norm == "gnws" else nn.Conv2d) for conv in convs)
+    assert type(model.head) is nn.Conv2d
+    blocks = [block for block in model.features if isinstance(block, nn.Sequential)]
+    assert all(len(block) == 2 if norm in WITH_ACTIVATION else type(block[2]) is nn.ReLU for block in blocks)
     if norm == "in":  # one channel per group, per-channel affine
         assert all(m.num_groups == m.num_channels and m.weight.shape == (m.num_channels,) for m in norms)
     if norm == "ln":  # one group: statistics over (C, H, W) of each sample, per-channel affine
         assert all(m.num_groups == 1 and m.weight.shape == (m.num_channels,) for m in norms)
-    if norm == "gn":
+    if norm in ("gn", "gnws"):
         assert all(m.num_groups == 4 for m in norms)
+    if norm == "evo":  # timm's default 32 groups divide none of the widths 8, 12, 16
+        assert all(m.groups == 4 for m in norms)
 
 
 def test_ln_is_layer_norm_over_chw_with_channel_affine():
@@ -54,9 +75,11 @@ def test_ln_is_layer_norm_over_chw_with_channel_affine():
 
 
 def test_parameter_counts():
-    # each normalized conv has a scale and shift per channel (2 x 84) and no bias; without a norm, a bias (84)
+    # each normalized conv has a scale and shift per channel (2 x 84) and no bias; without a norm, a bias (84);
+    # FRN and EvoNorm-S0 have a third parameter per channel (TLU's tau, the gate's v): 84 more
     counts = {norm: count_parameters(Net(norm)) for norm in NORMS}
-    assert counts == {"bn": 7410, "gn": 7410, "ln": 7410, "in": 7410, "none": 7410 - 84}
+    assert counts == {"bn": 7410, "brn": 7410, "gn": 7410, "gnws": 7410, "ln": 7410, "in": 7410,
+                      "frn": 7410 + 84, "evo": 7410 + 84, "none": 7410 - 84}
     assert count_parameters(Net("gn", gn_groups=2)) == 7410
 
 
@@ -76,7 +99,7 @@ def scaled(model, conv, c):
     return model
 
 
-@pytest.mark.parametrize("norm", NORMALIZED)
+@pytest.mark.parametrize("norm", SCALE_INVARIANT)
 @pytest.mark.parametrize("c", [0.5, 3.0])
 def test_a_norm_makes_its_conv_blind_to_the_scale_of_its_weights(norm, c):
     # why L1 on these weights cannot shrink what the network computes: conv(c w) -> norm gives norm(conv(w)),
@@ -85,7 +108,7 @@ def test_a_norm_makes_its_conv_blind_to_the_scale_of_its_weights(norm, c):
     # by about 2e-4 relative, which is eps at work, not a scale the network sees
     torch.manual_seed(0)
     x = torch.randn(16, 1, 28, 28)
-    model = Net(norm, dropout=0.0).train()  # train(): BN normalizes with the batch's statistics
+    model = trainable(norm, dropout=0.0).train()  # train(): BN normalizes with the batch's statistics
     for layer in model.modules():
         if hasattr(layer, "eps"):
             layer.eps = 1e-10
@@ -110,7 +133,7 @@ def test_without_a_norm_the_scale_of_a_conv_changes_the_output(c):
 
 
 def test_unknown_norm_names_valid_values():
-    with pytest.raises(ValueError, match="bn, gn, ln, in, none"):
+    with pytest.raises(ValueError, match=re.escape(", ".join(NORMS))):
         Net("xx")
 
 
