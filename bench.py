@@ -375,23 +375,14 @@ def main_inference(args):
 
 
 def main_workers_speedup(args):
-    """bench.py workers: the runner with 1 and 2 workers, alternating rounds; Ray's start-up timed apart."""
+    """bench.py workers: the runner with 1 and 2 workers (forked processes), alternating rounds."""
     import tempfile
 
-    import ray
-
     from config import config_from_record, run_name
-    from runner import run_configs, start_ray
+    from runner import run_configs
     from study import study_configs, summarize as summarize_study
     base = Config(epochs=1, train_subset=20_000, device="cpu", data_dir=args.data_dir)
     configs = study_configs(base, seeds=[0, 1])
-    starts = []
-    for _ in range(3):
-        began = time.perf_counter()
-        start_ray(2, None)
-        starts.append(time.perf_counter() - began)
-        ray.shutdown()
-    start_ray(2, None)  # kept: the rounds below time the runs, not the start-up
     walls, accuracies = {1: [], 2: []}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for i, order in round_robin((1, 2), args.rounds):
@@ -404,18 +395,16 @@ def main_workers_speedup(args):
                 accuracies.setdefault(workers, {run_name(config_from_record(r["config"])): r["epochs"][-1]["test_acc"]
                                                 for r in runs})  # by name: runs come back in any order
                 print(f"round {i + 1}: --workers {workers}: {walls[workers][-1]:.1f} s", flush=True)
-    ray.shutdown()
     median = {w: statistics.median(t) for w, t in walls.items()}
     report = {"args": recorded(args), "hardware": hardware(torch.device("cpu")),
               "runs": [f"{c.norm}{'+L1' if c.l1 else ''} seed {c.seed}" for c in configs],
               "epochs": 1, "train_subset": base.train_subset, "wall_s": walls, "median_wall_s": median,
-              "speedup": median[1] / median[2], "ray_start_s": starts, "median_ray_start_s": statistics.median(starts),
-              "test_acc": accuracies[1], "same_accuracies": accuracies[1] == accuracies[2]}
+              "speedup": median[1] / median[2], "test_acc": accuracies[1], "same_accuracies": accuracies[1] == accuracies[2]}
     out = Path(args.results) / bench_file("cpu", "workers")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_json(report, out)
     print(f"median wall: --workers 1 {median[1]:.1f} s, --workers 2 {median[2]:.1f} s, speed-up "
-          f"{report['speedup']:.2f}x; Ray start-up {report['median_ray_start_s']:.1f} s; same accuracies: "
+          f"{report['speedup']:.2f}x; same accuracies: "
           f"{report['same_accuracies']}; wrote {out}")
 
 

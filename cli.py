@@ -3,6 +3,7 @@
 Parsers are built from this module and config.py alone, so `--help` and a bad flag are answered before
 torch, torchvision or matplotlib are imported.
 """
+import importlib.util
 import os
 
 from config import DATA_DIR_ENV, DEVICES, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, IMAGES_DIR, PLAIN, Engine
@@ -15,19 +16,26 @@ def add_engine_flags(parser):
     """--workers, --address and --gpus-per-run, the same for every multi-run command."""
     add = parser.add_argument
     add("--workers", type=int, default=os.cpu_count() or 1,
-        help="runs at a time, one CPU and one torch thread each (1: in this process; N: N forked worker processes, "
-             "or Ray on a GPU, macOS or Windows)")
+        help="runs at a time on this machine's CPUs, one CPU and one torch thread each (1: in this process; N: N "
+             "worker processes). On a GPU the runs train one after another in this process")
     add("--address", default=None,
-        help="join this Ray cluster instead of starting one ('auto': the one `ray start` started on this machine)")
+        help="train on this Ray cluster ('auto': the one `ray start` started on this machine); needs Ray: "
+             "pip install -r requirements-cluster.txt")
     add("--gpus-per-run", type=float, default=None,
-        help="share of a GPU each run asks Ray for when training on a GPU (unset: 0.25)")
+        help="with --address: the share of a GPU each run asks Ray for when training on a GPU (unset: 0.25)")
 
 
 def check_engine_args(parser, args):
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.gpus_per_run is not None and not args.address:
+        parser.error("--gpus-per-run shares a cluster's GPUs between Ray tasks: it needs --address (on one machine "
+                     "the runs on a GPU train one after another)")
     if args.gpus_per_run is not None and not 0 < args.gpus_per_run <= 1:
         parser.error("--gpus-per-run must be in (0, 1]")
+    if args.address and importlib.util.find_spec("ray") is None:
+        parser.error("--address runs on a Ray cluster, and Ray is not installed here: "
+                     "pip install -r requirements-cluster.txt")
 
 
 DATA_DIR_HELP = f"MNIST root; unset: ${DATA_DIR_ENV}, else ./data (downloaded there if missing)"

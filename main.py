@@ -1,4 +1,4 @@
-"""Train the MNIST CNN with BN, GN or LN from a shell; `--norm all` runs the whole study.
+"""Train the MNIST CNN with BN, GN, LN (or another norm) from a shell; `--norm all` runs the whole study.
 
     python main.py --norm gn --epochs 20
     python main.py --norm all --epochs 20 --seeds 0 1 2      # on every core; --workers 1: in this process
@@ -6,13 +6,16 @@
 """
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args, engine_from_args
-from config import (IDENTITY, IMAGES_DIR, NORMS, OPTIMIZERS, RESULTS_DIR, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS,
+from config import (BN_BATCH_NORMS, IDENTITY, IMAGES_DIR, NORMS, OPTIMIZERS, RESULTS_DIR, STUDY_L1, STUDY_VARIANTS, VARIANTS, WIDTHS,
                     Config, default_data_dir, run_name)
+
+STUDY_DIR = "runs/study"  # --norm all trains into a fresh folder; --results results adds to the committed study
 # torch, torchvision and Ray are imported inside the functions that use them, after the flags are checked:
 # --help and a bad flag are answered without them, in well under a second
 
@@ -34,6 +37,9 @@ def make_parser():
     add("--l1", type=float, default=None,
         help=f"L1 lambda on conv weights; unset: 0 for one run, {STUDY_L1} for BN+L1 in the study")
     add("--gn-groups", type=int, default=d.gn_groups, help="GroupNorm groups for --norm gn")
+    add("--bn-batch", type=int, default=d.bn_batch,
+        help="BN's normalization batch (ghost BN, as on several devices without SyncBN): with --norm bn or brn, each "
+             "slice of K training images is normalized by its own statistics; 0: the whole batch")
     add("--dropout", type=float, default=d.dropout, help="dropout probability")
     add("--degrees", type=float, default=d.degrees, help="max random rotation in degrees")
     add("--shift", type=float, default=d.shift, help="max random shift in pixels")
@@ -45,8 +51,12 @@ def make_parser():
     add("--compile", action="store_true", default=d.compile,
         help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay, see README)")
     add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
-    add("--results", default=RESULTS_DIR, help="--norm all: folder for study.json and models/ (final weights)")
-    add("--images", default=IMAGES_DIR, help="--norm all: folder for the study's figures")
+    add("--results", default=STUDY_DIR,
+        help=f"--norm all: folder for study.json and models/ (final weights); '{RESULTS_DIR}' adds to the committed "
+             "study")
+    add("--images", default=None,
+        help=f"--norm all: folder for the study's figures (unset: RESULTS/images; '{IMAGES_DIR}' with --results "
+             f"{RESULTS_DIR})")
     add("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
     add("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     add("--no-progress", action="store_true", help="no progress bar, only one line per epoch")
@@ -71,6 +81,9 @@ def check_args(parser, args):
              (args.gn_groups >= 1 and all(w % args.gn_groups == 0 for w in WIDTHS),
               f"--gn-groups must divide every layer width {WIDTHS}, e.g. 1, 2 or 4"),
              (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
+             (args.bn_batch >= 0, "--bn-batch must be >= 0"),
+             (args.bn_batch == 0 or args.batch_size % args.bn_batch == 0, "--bn-batch must divide --batch-size"),
+             (args.bn_batch == 0 or args.norm in BN_BATCH_NORMS, "--bn-batch is only for --norm bn or brn"),
              (args.val_split >= 0 and args.train_subset >= 0,
               "--val-split and --train-subset must be >= 0")]
     for ok, message in rules:
@@ -114,7 +127,7 @@ def check_outputs(args):
     from system import check_output_dir
     folders = [(args.resume or args.out, "--resume" if args.resume else "--out")]
     if args.norm == "all":
-        folders += [(args.results, "--results"), (args.images, "--images")]
+        folders += [(args.results, "--results"), (images_dir(args), "--images")]
     for path, flag in folders:
         check_output_dir(path, flag)
 
@@ -129,22 +142,50 @@ def run_one(config, splits, args):
           f"({metrics['params']} parameters); wrote {run_dir}/metrics.json and model.pt")
 
 
+def images_dir(args):
+    """--images, else images/ for the committed study and RESULTS/images for any other."""
+    if args.images:
+        return args.images
+    return IMAGES_DIR if Path(args.results).resolve() == Path(RESULTS_DIR).resolve() else str(Path(args.results) / "images")
+
+
+def command_with(flag, value):
+    """This program's command line with `flag` set to `value` (replacing the value it had)."""
+    argv, kept = sys.argv[1:], []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith(f"{flag}="):
+            skip = False
+            continue
+        skip = arg == flag
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", "main.py", *kept, flag, value])
+
+
 def study(config, args):
-    """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote."""
-    from runner import run_command
-    from study import results_file, run_study, summary_table
+    """--norm all: the study's runs through the runner, then its figures drawn from the files it wrote. When every
+    run is already recorded, it says so first, and leaves the figures as they are."""
+    from runner import find_run, load_results, run_command
+    from study import results_file, run_study, study_configs, summary_table
     seeds = args.seeds or [config.seed]
     base = replace(config, l1=0.0)  # --l1 sets the lambda of the variants with L1 only
+    path = results_file(args.results, args.variants)
+    recorded = load_results(path)["runs"]
+    trains = any(not find_run(recorded, c) for c in study_configs(base, seeds, args.variants, args.l1))
+    if not trains:
+        print(f"Nothing to train: every run of this command is already recorded in {path}. To train them anew, "
+              f"give a new folder: {command_with('--results', 'runs/study_new')}")
     code = run_command(lambda: run_study(base, seeds, args.results, args.variants, args.l1, engine_from_args(args)),
-                       results_file(args.results, args.variants), config.data_dir, config.device, args.address)
+                       path, config.data_dir, config.device, args.address)
     if code:
         return code
-    summary = json.loads(results_file(args.results, args.variants).read_text())["summary"]
-    if tuple(args.variants) == STUDY_VARIANTS:
+    images = images_dir(args)
+    if tuple(args.variants) == STUDY_VARIANTS and (trains or not (Path(images) / "test_accuracy.png").exists()):
         from plots import redraw_study  # matplotlib only where figures are drawn
-        for path in redraw_study(args.results, args.images, config.data_dir):
-            print(f"wrote {path}")
-    print(summary_table(summary))
+        for written in redraw_study(args.results, images, config.data_dir):
+            print(f"wrote {written}")
+    print(summary_table(json.loads(path.read_text())["summary"]))
     return 0
 
 

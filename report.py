@@ -290,9 +290,15 @@ def workers_section(results):
         "", f"From `results/bench_cpu_workers.json`: {len(report['runs'])} runs ({', '.join(report['runs'])}), "
             f"{report['epochs']} epoch on {report['train_subset']:,} images each, on {hw['processor']} with "
             f"{hw['cpu_count']} cores, torch {hw['torch']}; rounds alternate which goes first. Speed-up "
-            f"**{report['speedup']:.2f}x**; Ray's start-up (timed apart, not in the rounds): median "
-            f"{report['median_ray_start_s']:.1f} s of {', '.join(f'{t:.1f}' for t in report['ray_start_s'])}; "
-            f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
+            f"**{report['speedup']:.2f}x**; " + ray_start(report) + f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
+
+
+def ray_start(report):
+    """What a workers file measured of Ray's start-up (files from before the forked workers)."""
+    if "ray_start_s" not in report:
+        return ""
+    return (f"Ray's start-up (timed apart, not in the rounds): median {report['median_ray_start_s']:.1f} s of "
+            f"{', '.join(f'{t:.1f}' for t in report['ray_start_s'])}; ")
 
 
 def command_section(results):

@@ -1,5 +1,5 @@
-"""Many runs, one engine: train a list of configs, in this process, in forked processes or as Ray tasks, and record
-each result.
+"""Many runs, one engine: train a list of configs, in this process, in worker processes or on a Ray cluster, and
+record each result.
 
 Every experiment (the study, the batch-size sweep, the LR-range study, ...) defines its configs and
 its summary and hands them to `run_configs`. Each config becomes one `utils.fit` run in its own
@@ -8,14 +8,14 @@ visible to the worker. The process that called `run_configs` (the driver) alone 
 file, once per finished run, so no file is shared between processes or machines; runs already in
 the file are skipped, so the same command continues after a stop.
 
-    workers=1, no address   the runs one after another in this process (no Ray: the notebook's way)
-    workers=N               N processes forked from this one on this machine (Linux, CPU runs): they start
-                            with its imports, so a worker's first run starts at once (no Ray)
-    workers=N, on a GPU     an embedded Ray with N CPUs sharing this machine's GPUs (also on macOS and
-                            Windows, which have no safe fork, and when this process already started Ray)
-    address="auto" or ADDR  an existing Ray cluster (`ray start --head` ...), every node's CPUs
+    workers=1, or a GPU     the runs one after another in this process (a GPU is never shared by forking)
+    workers=N on CPUs       N worker processes: forked from this one on Linux (they start with its imports, so a
+                            worker's first run starts at once), spawned where fork is unsafe (macOS, Windows)
+    address="auto" or ADDR  an existing Ray cluster (`ray start --head` ...), every node's CPUs and GPUs; the only
+                            place Ray is used (pip install -r requirements-cluster.txt)
 
-Every run uses one torch thread whatever the number of workers, so the numbers don't depend on it.
+Every run uses one torch thread whatever the number of workers, so the numbers don't depend on it. A bar counts
+the epochs to train; workers report each finished epoch to the driver through a queue (Ray: each finished run).
 """
 import json
 import multiprocessing
@@ -23,13 +23,14 @@ import os
 import shlex
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 import sys
 from contextlib import closing, contextmanager
 from functools import lru_cache
 from pathlib import Path
+from queue import Empty
 
 import torch
 from tqdm import tqdm
@@ -94,7 +95,7 @@ def load_model(path, config):
 
 def net_with_weights(state, config):
     """The Net of a run's `config` (a dict) holding the weights `state`, in eval mode."""
-    model = Net(config["norm"], config["gn_groups"], config["dropout"])
+    model = Net.from_config(config)
     model.load_state_dict(state)
     return model.eval()
 
@@ -109,23 +110,26 @@ def cached_splits(data_dir, device, val_split, train_subset):
     return load_mnist(data_dir, torch.device(device), val_split, train_subset)
 
 
-def train_one(config, out, measure=None, log=None):
+def train_one(config, out, measure=None):
     """Fit `config` in out/run_name(config) with one torch thread; returns (run record, final weights).
 
     A run whose loss stops being finite comes back as a record of its finished epochs with
     "diverged": {"epoch", "step"}, instead of an error. `measure(model, splits, config)` adds
-    metrics to the last epoch before the run's last write (e.g. BN with other statistics).
+    metrics to the last epoch before the run's last write (e.g. BN with other statistics). Its lines and
+    finished epochs go to the driver through report_progress.
     """
     torch.set_num_threads(1)
     device = get_device(config.device)
     splits = cached_splits(config.data_dir, str(device), config.val_split, config.train_subset)
-    run_dir = continue_or_new_run_dir(out, run_name(config), config)
+    name = run_name(config)
+    run_dir = continue_or_new_run_dir(out, name, config)
     try:
-        metrics, model = fit(config, splits, run_dir, progress=False, log=log or (lambda line: None),
-                             final_metrics=measure)
+        metrics, model = fit(config, splits, run_dir, label=name, progress=False, final_metrics=measure,
+                             log=lambda line: report_progress(("line", name, line)),
+                             on_epoch=lambda row: report_progress(("epoch", name, row["epoch"])))
     except NonFiniteLoss as error:
         metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() \
-            else {"config": asdict(config), "params": count_parameters(Net(config.norm, config.gn_groups)),
+            else {"config": asdict(config), "params": count_parameters(Net.from_config(config)),
                   **where_it_runs(device), "epochs": []}  # it diverged in its first epoch
         metrics["diverged"] = {"epoch": error.epoch, "step": error.step}
         return results_record(config, metrics), None
@@ -151,11 +155,11 @@ def results_record(config, metrics):
 
 # ---- the engine ------------------------------------------------------------------------------------
 def task_resources(device, gpus_per_run=None, cuda_visible=None):
-    """Ray resources of one run: one CPU, and a share of a GPU when the runs train on one.
+    """Ray resources of one run on a cluster: one CPU, and a share of a GPU when the runs train on one.
 
     Ray hides the GPUs from a task that asks for none, so with --device cuda or auto and a GPU
-    in sight (`cuda_visible`: the cluster has one; unset: this machine has one) every run asks for
-    `gpus_per_run` of one (default 0.25: four small runs per GPU).
+    in sight (`cuda_visible`: the cluster has one) every run asks for `gpus_per_run` of one
+    (default 0.25: four small runs per GPU).
     """
     cuda_visible = torch.cuda.is_available() if cuda_visible is None else cuda_visible
     wants_gpu = device == "cuda" or (device == "auto" and cuda_visible)
@@ -164,107 +168,148 @@ def task_resources(device, gpus_per_run=None, cuda_visible=None):
     return {"num_cpus": 1, "num_gpus": 0.25 if gpus_per_run is None else gpus_per_run}
 
 
-def cluster_resources(device, gpus_per_run, workers, address):
-    """task_resources from the GPUs the Ray cluster has (not the driver's), starting or joining it; ValueError
-    for --device cuda on a cluster without a GPU."""
-    ray = start_ray(workers, address)
+def cluster_resources(device, gpus_per_run, address):
+    """task_resources from the GPUs the Ray cluster has (not the driver's), joining it; ValueError for --device
+    cuda on a cluster without a GPU."""
+    ray = start_ray(address)
     gpus = ray.cluster_resources().get("GPU", 0)
     if device == "cuda" and not gpus:
-        raise ValueError(f"--device cuda was asked for, but the Ray cluster{f' at {address}' if address else ''} "
-                         f"has no GPU; use --device auto or --device cpu")
+        raise ValueError(f"--device cuda was asked for, but the Ray cluster at {address} has no GPU; use --device "
+                         f"auto or --device cpu")
     return task_resources(device, gpus_per_run, cuda_visible=gpus > 0)
 
 
-def start_ray(workers, address):
-    """Join the cluster at `address`, or start an embedded one with `workers` CPUs; returns the ray module."""
-    import ray  # imported only here: a single run and the notebook never need it
+RAY_INSTALL = "pip install -r requirements-cluster.txt"
 
+
+def start_ray(address):
+    """Join the Ray cluster at `address` (or the Ray this process already joined); returns the ray module."""
+    try:
+        import ray  # imported only here: nothing but a cluster needs it
+    except ImportError:
+        raise ValueError(f"--address {address} runs on a Ray cluster, and Ray is not installed here: {RAY_INSTALL}")
     if ray.is_initialized():
         return ray
-    if address:  # someone else's cluster: the code travels to its workers; its authentication is left alone
-        ray.init(address=address, log_to_driver=False, logging_level="warning",
-                 runtime_env={"working_dir": str(REPO), "excludes": NOT_SHIPPED})
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded cluster on loopback, for this process only
-        ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                 log_to_driver=False, logging_level="warning")
+    ray.init(address=address, log_to_driver=False, logging_level="warning",  # the code travels to the workers
+             runtime_env={"working_dir": str(REPO), "excludes": NOT_SHIPPED})
     if _INTERRUPT_ON_TERMINATE:
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)  # ray.init installs a handler of its own
     return ray
 
 
-def placement(workers, address=None, resources=None):
-    """Where map_tasks runs the tasks: 'here' (one after another in this process), 'forked' (`workers`
-    processes forked from this one: Linux, CPU tasks) or 'ray' (a cluster, a share of this machine's GPUs,
-    a system without a safe fork, or a Ray this process started before)."""
-    if workers == 1 and not address:
-        return "here"
-    ray = sys.modules.get("ray")
-    if (address or (resources or {}).get("num_gpus") or not sys.platform.startswith("linux")
-            or (ray is not None and ray.is_initialized())):
+def placement(workers, address=None, on_gpu=False):
+    """Where map_tasks runs the tasks: 'ray' (the cluster at `address`), 'here' (one after another in this
+    process: one worker, or runs on this machine's GPU, which forked processes must not share), 'forked'
+    (`workers` processes forked from this one) or 'spawned' (fresh processes, where fork is unsafe)."""
+    if address:
         return "ray"
-    return "forked"
+    if workers == 1 or on_gpu:
+        return "here"
+    return "forked" if fork_is_safe() else "spawned"
 
 
-PLACES = {"here": "in this process", "forked": "in forked processes", "ray": "on Ray"}
+def fork_is_safe():
+    """Linux, and no CUDA context in this process yet (a forked child cannot use its parent's)."""
+    return sys.platform.startswith("linux") and not torch.cuda.is_initialized()
 
 
-def map_tasks(function, items, workers=1, address=None, resources=None):
+PLACES = {"here": "in this process", "forked": "in forked processes", "spawned": "in worker processes",
+          "ray": "on Ray"}
+
+
+def map_tasks(function, items, workers=1, address=None, on_gpu=False, resources=None, on_progress=None):
     """Yield (item, result, error) for `function(*item)` over `items`, as each finishes.
 
-    Where the calls run is placement(workers, address, resources); each uses one torch thread. An
+    Where the calls run is placement(workers, address, on_gpu); each uses one torch thread. An
     exception in `function` is returned as `error` (a line of text) and the others go on. A task whose
     worker (or node) died is started again, MAX_RETRIES times. Interrupted (Ctrl-C in a run in this
     process) stops everything; Ctrl-C or an error in this process ends the workers' tasks too.
+    `on_progress(message)` receives, in this process, what a task passes to `report_progress` (not on Ray).
     """
     if not items:
         return
-    place = placement(workers, address, resources)
+    place = placement(workers, address, on_gpu)
     if place == "here":
-        yield from _in_process(function, items)
-    elif place == "forked":
-        yield from _in_forked_processes(function, items, workers)
+        yield from _in_process(function, items, on_progress)
+    elif place == "ray":
+        yield from _on_ray(function, items, address, resources or {"num_cpus": 1})
     else:
-        yield from _on_ray(function, items, workers, address, resources or {"num_cpus": 1})
+        yield from _in_worker_processes(function, items, workers, place == "forked", on_progress)
 
 
-def _in_process(function, items):
+_progress_sink = None  # where report_progress sends: on_progress here, a queue to the driver in a worker process
+
+
+def report_progress(message):
+    """Send `message` (small, picklable) to the driver's on_progress, wherever this task runs (not on Ray)."""
+    if _progress_sink is not None:
+        _progress_sink(message)
+
+
+@contextmanager
+def _progress_to(sink):
+    global _progress_sink
+    previous, _progress_sink = _progress_sink, sink
+    try:
+        yield
+    finally:
+        _progress_sink = previous
+
+
+def _in_process(function, items, on_progress):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for item in items:
-            yield item, *_reported(function, item)
+        with _progress_to(on_progress):
+            for item in items:
+                yield item, *_reported(function, item)
     finally:
         torch.set_num_threads(threads)
 
 
-def _in_forked_processes(function, items, workers):
-    """map_tasks in `workers` processes forked from this one. They inherit its imported modules (and anything
-    it loaded), so they start in milliseconds where a Ray worker spends seconds importing torch; a task's
-    numbers are the same as in this process. The processes ignore Ctrl-C: this one ends them."""
+def _in_worker_processes(function, items, workers, fork, on_progress):
+    """map_tasks in `workers` processes. Forked ones inherit this process's imported modules (and anything it
+    loaded), so they start in milliseconds; spawned ones import what they need first. A task's numbers are the
+    same as in this process. The processes ignore Ctrl-C: this one ends them."""
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    progress = context.Queue()
     todo = list(items)
     for attempt in range(MAX_RETRIES + 1):
         died = []  # a dead worker breaks the pool: every task not finished is started again in a new one
-        with _forked_pool(workers) as pool:
-            futures = {pool.submit(_reported, function, item): item for item in todo}
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    result, error = future.result()
-                except BrokenProcessPool as broken:
-                    if attempt < MAX_RETRIES:
-                        died.append(item)
-                        continue
-                    result, error = None, f"a worker process died ({broken})"
-                yield item, result, error
+        with _worker_pool(workers, context, progress) as pool:
+            pending = {pool.submit(_reported, function, item): item for item in todo}
+            while pending:
+                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(progress, on_progress)
+                for future in done:
+                    item = pending.pop(future)
+                    try:
+                        result, error = future.result()
+                    except BrokenProcessPool as broken:
+                        if attempt < MAX_RETRIES:
+                            died.append(item)
+                            continue
+                        result, error = None, f"a worker process died ({broken})"
+                    yield item, result, error
         if not died:
             return
         todo = died
 
 
+def _drain(queue, on_progress):
+    """Hand every message the workers have sent so far to on_progress."""
+    while True:
+        try:
+            message = queue.get_nowait()
+        except Empty:
+            return
+        if on_progress is not None:
+            on_progress(message)
+
+
 @contextmanager
-def _forked_pool(workers):
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_as_a_worker)
+def _worker_pool(workers, context, progress):
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_as_a_worker, initargs=(progress,))
     try:
         yield pool
     except BaseException:  # Ctrl-C, an error here, or the caller stopped reading: end the tasks still going
@@ -276,11 +321,14 @@ def _forked_pool(workers):
         pool.shutdown(wait=True)
 
 
-def _as_a_worker():
-    """A forked worker: one torch thread; Ctrl-C goes to the driver, which ends it (SIGTERM: at once)."""
+def _as_a_worker(progress):
+    """A worker process: one torch thread; progress goes to the driver's queue; Ctrl-C goes to the driver, which
+    ends it (SIGTERM: at once)."""
+    global _progress_sink
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
+    _progress_sink = progress.put
 
 
 def _reported(function, item):
@@ -294,8 +342,8 @@ def _reported(function, item):
         return None, f"{type(error).__name__}: {error}"
 
 
-def _on_ray(function, items, workers, address, resources):
-    ray = start_ray(workers, address)
+def _on_ray(function, items, address, resources):
+    ray = start_ray(address)
     remote = ray.remote(function).options(**resources, max_retries=MAX_RETRIES, retry_exceptions=False)
     pending = {remote.remote(*item): item for item in items}
     try:
@@ -316,17 +364,18 @@ def run_configs(configs, results, summarize, engine=Engine(), measure=None, mode
     """Train every config not yet recorded in `results`, recording each run as soon as it finishes.
 
     `engine` (config.Engine) says where the run folders go and how the runs are spread: `workers` at a
-    time, on the Ray cluster at `address` if given, each with `gpus_per_run` of a GPU on a GPU.
+    time, on the Ray cluster at `address` if given, each with `gpus_per_run` of a GPU there.
 
     `summarize(runs)` writes the file's summary; `models_dir` keeps each run's final weights as
     models_dir/<run name>.pt; `order(run)` sorts the runs in the file. A run whose loss stopped being
-    finite is recorded too, with "diverged" (no weights are kept): it is a result, not a failure. Raises RunsFailed at the end if any run failed, and
-    Interrupted (with every finished run recorded) on Ctrl-C. Returns the recorded runs.
+    finite is recorded too, with "diverged" (no weights are kept): it is a result, not a failure. A bar counts
+    the epochs to train; `log` gets every run's epoch lines and a line per finished run. Raises RunsFailed at
+    the end if any run failed, and Interrupted (with every finished run recorded) on Ctrl-C. Returns the
+    recorded runs.
     """
     if order is None:  # the configs' own order, whatever order the runs finish in
         position = {run_name(c): i for i, c in enumerate(configs)}
         order = lambda run: position.get(run_name(config_from_record(run["config"])), len(position))  # noqa: E731
-    workers, address = engine.workers, engine.address
     shown = Path(results)  # as given, in messages; absolute for the workers (and the same path on every node)
     results, out = Path(results).absolute(), str(Path(engine.out).absolute())
     configs = [replace(c, data_dir=str(Path(c.data_dir).absolute())) for c in configs]  # not part of a run's identity
@@ -334,31 +383,75 @@ def run_configs(configs, results, summarize, engine=Engine(), measure=None, mode
     with exclusive(results.with_name(f".{results.name}.lock"), f"the results file {results}"):
         runs = load_results(results)["runs"]
         todo = [c for c in configs if not find_run(runs, c)]
-        place = placement(workers, address, task_resources(todo[0].device, engine.gpus_per_run) if todo else None)
-        log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {shown}; {len(todo)} to go"
-            + (f" ({PLACES[place]})" if todo else ""))
-        failures = []
-        with tqdm(total=len(todo), unit="run", desc="runs", dynamic_ncols=True, disable=not todo) as bar:
-            write = bar.write if log is print else log  # lines above the bar
-            tasks = [(config, out, measure, write if place == "here" else None) for config in todo]
-            resources = cluster_resources(todo[0].device, engine.gpus_per_run, workers, address) if place == "ray" \
-                else None
-            with closing(map_tasks(train_one, tasks, workers, address, resources)) as stream:  # stops the rest now
-                for (config, *_), result, error in stream:
-                    run, weights = result or (None, None)
-                    if error is not None:
-                        failures.append((run_name(config), error))
-                        write(f"FAILED: {run_name(config)}: {error}")
-                    else:
-                        if models_dir is not None and weights is not None:  # first: a recorded run always has weights
-                            Path(models_dir).mkdir(parents=True, exist_ok=True)
-                            save_torch(weights, model_path(models_dir, config))
-                        runs = record(results, run, summarize, order)
-                        write(done_line(config, run))
-                    bar.update()
+        if not todo:
+            log(f"{len(configs)} of {len(configs)} runs already in {shown}: nothing to train")
+            return runs
+        on_gpu = not engine.address and trains_on_gpu(todo[0].device)  # a cluster's nodes have their own devices
+        place = placement(engine.workers, engine.address, on_gpu)
+        log(f"{len(configs) - len(todo)} of {len(configs)} runs already in {shown}; {len(todo)} to go ({PLACES[place]})")
+        with EpochBar(todo, log) as bar:
+            return _train_and_record(todo, out, on_gpu, engine, results, summarize, measure, models_dir, order, bar)
+
+
+def _train_and_record(todo, out, on_gpu, engine, results, summarize, measure, models_dir, order, bar):
+    """run_configs' loop: every config of `todo` trained, each recorded as it finishes."""
+    runs, failures = load_results(results)["runs"], []
+    resources = cluster_resources(todo[0].device, engine.gpus_per_run, engine.address) if engine.address else None
+    stream = map_tasks(train_one, [(config, out, measure) for config in todo], engine.workers, engine.address,
+                       on_gpu, resources, on_progress=bar.progress)
+    with closing(stream):  # stops the rest now
+        for (config, *_), result, error in stream:
+            run, weights = result or (None, None)
+            if error is not None:
+                failures.append((run_name(config), error))
+                bar.write(f"FAILED: {run_name(config)}: {error}")
+            else:
+                if models_dir is not None and weights is not None:  # first: a recorded run always has weights
+                    Path(models_dir).mkdir(parents=True, exist_ok=True)
+                    save_torch(weights, model_path(models_dir, config))
+                runs = record(results, run, summarize, order)
+                bar.write(done_line(config, run))
+            bar.run_done(config)
     if failures:
         raise RunsFailed(failures)
     return runs
+
+
+def trains_on_gpu(device):
+    """Whether runs on `device` ('auto', 'cpu', 'cuda', 'mps') train on this machine's GPU."""
+    return get_device(device).type != "cpu"
+
+
+class EpochBar:
+    """One bar over every epoch to train, moved by each run's finished epochs (reported by report_progress from
+    any worker) and, at a run's end, by the epochs it did not report (resumed from a checkpoint, or never
+    trained after it diverged); every line goes above it."""
+
+    def __init__(self, todo, log):
+        self.epochs = {run_name(c): c.epochs for c in todo}
+        self.reported = dict.fromkeys(self.epochs, 0)
+        self.bar = tqdm(total=sum(self.epochs.values()), unit="epoch", desc="epochs", dynamic_ncols=True)
+        self.write = self.bar.write if log is print else log
+
+    def progress(self, message):
+        kind, name, value = message
+        if kind == "line":
+            self.write(value)
+        elif name in self.reported:
+            self.reported[name] += 1
+            self.bar.set_postfix_str(f"{name} epoch {value}", refresh=False)
+            self.bar.update()
+
+    def run_done(self, config):
+        name = run_name(config)
+        self.bar.update(self.epochs[name] - self.reported[name])
+        self.reported[name] = self.epochs[name]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
 
 
 def done_line(config, run):

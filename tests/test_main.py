@@ -92,7 +92,9 @@ def test_help_shows_every_default(tmp_path):
     (["--norm", "gn", "--gn-groups", "3"], "--gn-groups must divide every layer width"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--norm", "all", "--workers", "0"], "--workers must be >= 1"),
-    (["--norm", "all", "--gpus-per-run", "2"], "--gpus-per-run must be in (0, 1]"),
+    (["--norm", "all", "--gpus-per-run", "2", "--address", "auto"], "--gpus-per-run must be in (0, 1]"),
+    (["--norm", "all", "--gpus-per-run", "0.5"], "--gpus-per-run shares a cluster's GPUs between Ray tasks: it needs "
+                                                 "--address"),
 ])
 def test_bad_flags_are_refused_before_anything_is_written(args, message, tiny_mnist, tmp_path):
     result = run_main(*args, "--data-dir", tiny_mnist, "--out", tmp_path / "runs", "--results", tmp_path / "results",
@@ -149,6 +151,21 @@ def test_norm_all_writes_results_weights_and_every_figure(tiny_mnist, tmp_path):
     assert sorted(p.name for p in (tmp_path / "results" / "models").iterdir()) == sorted(f"{n}.pt" for n in names)
     check_figures(tmp_path / "images")
     assert "| BN+L1 | 7,410 |" in result.stdout
+
+
+def test_the_study_trains_into_a_fresh_folder_and_says_when_nothing_will_train(tiny_mnist, tmp_path):
+    flags = ["--norm", "all", "--epochs", "1", "--train-subset", "256", "--workers", "1", "--device", "cpu",
+             "--data-dir", tiny_mnist, "--no-progress"]
+    first = run_main(*flags, cwd=tmp_path)  # default folders: runs/study, its figures in runs/study/images
+    assert first.returncode == 0, first.stderr
+    assert len(json.loads((tmp_path / "runs" / "study" / "study.json").read_text())["runs"]) == 3
+    figures = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "study" / "images").iterdir()}
+    assert "test_accuracy.png" in figures and not (tmp_path / "results").exists() and not (tmp_path / "images").exists()
+    again = run_main(*flags, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Nothing to train: every run of this command is already recorded in runs/study/")
+    assert "--results runs/study_new" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "study" / "images").iterdir()} == figures
 
 
 def small_study(tmp_path, tiny_mnist, *flags):

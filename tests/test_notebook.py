@@ -33,26 +33,45 @@ def repo_files():
     return [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)]
 
 
-def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(tiny_mnist, tmp_path, monkeypatch):
+def execute_a_copy(folder, data_dir, monkeypatch, **parameters):
+    """Run the notebook with smoke parameters in a copy of the repo in `folder`; returns (copy, executed cells)."""
     papermill = pytest.importorskip("papermill")
-    copy = tmp_path / "repo"
+    copy = folder / "repo"
     for path in repo_files():
         (copy / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / path, copy / path)
     monkeypatch.setenv("PYTHONPATH", str(copy))
-    papermill.execute_notebook(str(copy / NOTEBOOK.name), str(tmp_path / "out.ipynb"), cwd=str(copy),
-                               parameters={"SMOKE": True, "DATA_DIR": str(tiny_mnist), "DEVICE": "cpu",
-                                           "SWEEP_RERUN": True}, kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(str(copy / NOTEBOOK.name), str(folder / "out.ipynb"), cwd=str(copy),
+                               parameters={"SMOKE": True, "DATA_DIR": str(data_dir), "DEVICE": "cpu", **parameters},
+                               kernel_name="python3", progress_bar=False)
     changed = [path for path in repo_files() if (copy / path).read_bytes() != (ROOT / path).read_bytes()]
     assert changed == [], f"a smoke run changed committed files: {changed}"
     written = {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()} - set(repo_files())
     assert written and all(path.startswith("runs/smoke/") or "__pycache__" in path for path in written), written
+    return copy, json.loads((folder / "out.ipynb").read_text())["cells"]
+
+
+def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(tiny_mnist, tmp_path, monkeypatch):
+    copy, outputs = execute_a_copy(tmp_path, tiny_mnist, monkeypatch, SWEEP_RERUN=True)
     check_figures(copy / "runs" / "smoke" / "images")
-    outputs = json.loads((tmp_path / "out.ipynb").read_text())["cells"]
     shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
-    assert len(shown) >= 7  # both graphs, the train/test panel, the three grids, the sweep, and what is committed
+    assert len(shown) >= 8  # the norms' groups, both graphs, the train/test panel, three grids, the sweep, ...
     small = json.loads((copy / "runs" / "smoke" / "batch_size_sweep_small.json").read_text())
     assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
+
+
+def test_two_workers_forked_from_the_kernel_give_the_numbers_of_one(tiny_mnist, tmp_path, monkeypatch):
+    studies = {}
+    for workers in (1, 2):
+        copy, outputs = execute_a_copy(tmp_path / f"w{workers}", tiny_mnist, monkeypatch, WORKERS=workers)
+        training = next(c for c in outputs if "".join(c["source"]).startswith("# The three variants"))
+        text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                       for o in training["outputs"])
+        assert f"3 to go (in {'this process' if workers == 1 else 'forked processes'})" in text, text
+        assert text.count("epoch  1/1") == 3 and text.count("done: ") == 3, text  # every run's epoch reached the kernel
+        runs = json.loads((copy / "runs" / "smoke" / "study.json").read_text())["runs"]
+        studies[workers] = [[{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]] for run in runs]
+    assert studies[1] == studies[2]
 
 
 def imported_repo_modules(source, found=None):

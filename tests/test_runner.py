@@ -1,6 +1,7 @@
-"""The runner: in-process, in forked processes and on Ray give the same records; recorded runs are skipped,
-failures reported, a dead worker's task retried, an interrupted run resumes, a cluster is joined by address,
-Ctrl-C keeps what finished and leaves no worker behind."""
+"""The runner: in-process, in forked or spawned processes and on Ray give the same records; every epoch reaches
+the driver's bar; recorded runs are skipped, failures reported, a dead worker's task retried, an interrupted run
+resumes, a cluster is joined by address, Ctrl-C keeps what finished and leaves no worker behind. Only the Ray
+tests need Ray."""
 import json
 import os
 import signal
@@ -18,15 +19,18 @@ from config import Config, Engine, config_from_record, run_name
 from runner import RunsFailed, map_tasks, placement, run_configs, task_resources
 from study import summarize
 
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One embedded Ray for the module (a start takes seconds); the runner uses it instead of its own."""
-    runner.start_ray(2, None)
-    yield
+    """A Ray on this machine (loopback) for the module (a start takes seconds), joined by its address."""
+    ray = pytest.importorskip("ray")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    yield context.address_info["address"]
     ray.shutdown()
+
+
+def ray_started():
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def configs(tiny_mnist, **changes):
@@ -40,23 +44,47 @@ def without_seconds(runs):
              "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]]} for run in runs]
 
 
-# the forked workers' tests come first: once local_ray has started Ray in this process, workers=2 goes to it
+# the forked workers' tests come first: a Ray started in this process would hold threads the forks inherit
 def test_forked_workers_give_the_records_and_weights_of_one_process(tiny_mnist, tmp_path):
-    assert not ray.is_initialized()
+    assert not ray_started()
     check_workers_1_and_2_agree(tiny_mnist, tmp_path, "forked")
 
 
+def test_spawned_workers_give_the_records_of_one_process(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "fork_is_safe", lambda: False)  # as on macOS or Windows
+    check_workers_1_and_2_agree(tiny_mnist, tmp_path, "spawned")
+
+
 def test_a_task_that_raises_in_a_forked_worker_is_reported_and_the_others_finish(tiny_mnist, tmp_path):
-    assert not ray.is_initialized()
+    assert not ray_started()
     check_a_failure_is_reported(tiny_mnist, tmp_path)
 
 
-def check_workers_1_and_2_agree(tiny_mnist, tmp_path, place):
+def test_the_driver_receives_every_epoch_of_a_forked_run_before_the_run_ends(tiny_mnist, tmp_path, monkeypatch):
+    events = []  # ("epoch", run, epoch) as the driver's bar receives them, ("done", run) as the runs are recorded
+    monkeypatch.setattr(runner.EpochBar, "progress", lambda bar, message: events.append(message))
+    monkeypatch.setattr(runner.EpochBar, "run_done", lambda bar, config: events.append(("done", run_name(config))))
+    runs = [replace(config, epochs=3) for config in configs(tiny_mnist)]
+    run_configs(runs, tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2), log=lambda line: None)
+    for config in runs:
+        name = run_name(config)
+        mine = [event for event in events if event[:2] in (("epoch", name), ("done", name))]
+        assert mine == [("epoch", name, 1), ("epoch", name, 2), ("epoch", name, 3), ("done", name)], events
+
+
+def test_the_bar_counts_every_epoch_to_train(tiny_mnist, tmp_path, capsys):
+    run_configs(configs(tiny_mnist, epochs=2), tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2))
+    err = capsys.readouterr().err
+    assert "epochs: 100%" in err and "4/4" in err, err
+
+
+def check_workers_1_and_2_agree(tiny_mnist, tmp_path, place, address=None):
     records, lines = {}, []
     for workers in (1, 2):
         folder = tmp_path / f"w{workers}"
-        run_configs(configs(tiny_mnist), folder / "r.json", summarize, Engine(str(folder / "runs"), workers),
-                    models_dir=folder / "models", log=lines.append)
+        engine = Engine(str(folder / "runs"), workers, address if workers == 2 else None)
+        run_configs(configs(tiny_mnist), folder / "r.json", summarize, engine, models_dir=folder / "models",
+                    log=lines.append)
         records[workers] = json.loads((folder / "r.json").read_text())["runs"]
     assert any(line.endswith(f"2 to go ({runner.PLACES[place]})") for line in lines), lines
     assert without_seconds(records[1]) == without_seconds(records[2])
@@ -66,11 +94,11 @@ def check_workers_1_and_2_agree(tiny_mnist, tmp_path, place):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def check_a_failure_is_reported(tiny_mnist, tmp_path):
+def check_a_failure_is_reported(tiny_mnist, tmp_path, address=None):
     broken = replace(configs(tiny_mnist)[0], norm="gn", gn_groups=3, seed=5)  # 3 divides no width: Net raises
     with pytest.raises(RunsFailed) as failed:
-        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2),
-                    log=lambda line: None)
+        run_configs([broken, *configs(tiny_mnist)], tmp_path / "r.json", summarize,
+                    Engine(str(tmp_path / "runs"), 2, address), log=lambda line: None)
     [(name, message)] = failed.value.failures
     assert name == run_name(broken) and "gn_groups=3 must divide every width" in message
     assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 2
@@ -85,25 +113,41 @@ def dies_the_first_time(marker):
 
 
 def test_a_forked_worker_that_dies_is_started_again_and_its_task_done(tmp_path):
-    assert not ray.is_initialized()
+    assert not ray_started()
     items = [(tmp_path / f"m{i}",) for i in range(3)]
     done = list(map_tasks(dies_the_first_time, items, workers=2))
     assert sorted(item for item, _, _ in done) == items and all(error is None for *_, error in done), done
     assert {pid for _, pid, _ in done}.isdisjoint({os.getpid()})  # in workers, not here
 
 
-def test_where_tasks_run():
-    assert not ray.is_initialized()
-    assert placement(1) == "here" and placement(2) == "forked" and placement(2, resources={"num_gpus": 0}) == "forked"
-    assert placement(2, resources={"num_gpus": 0.25}) == "ray" and placement(1, "auto") == "ray"
+def test_where_tasks_run(monkeypatch):
+    assert placement(1) == "here" and placement(2) == "forked"
+    assert placement(2, on_gpu=True) == "here"  # a GPU on one machine: one run after another, no Ray, no fork
+    assert placement(1, "auto") == "ray" and placement(2, "127.0.0.1:6379", on_gpu=True) == "ray"  # only a cluster
+    monkeypatch.setattr(runner, "fork_is_safe", lambda: False)
+    assert placement(2) == "spawned"
+
+
+def test_a_gpu_without_an_address_never_reaches_ray(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "trains_on_gpu", lambda device: True)  # a GPU runtime (the runs still use the CPU)
+    monkeypatch.setattr(runner, "start_ray", lambda address: pytest.fail("Ray was started"))
+    lines = []
+    run_configs(configs(tiny_mnist), tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2), log=lines.append)
+    assert lines[0].endswith("2 to go (in this process)"), lines
+
+
+def test_address_without_ray_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ValueError, match="pip install -r requirements-cluster.txt"):
+        runner.start_ray("127.0.0.1:6379")
 
 
 def test_ray_workers_give_the_records_and_weights_of_one_process(tiny_mnist, tmp_path, local_ray):
-    check_workers_1_and_2_agree(tiny_mnist, tmp_path, "ray")
+    check_workers_1_and_2_agree(tiny_mnist, tmp_path, "ray", address=local_ray)
 
 
 def test_a_task_that_raises_on_ray_is_reported_and_the_others_finish(tiny_mnist, tmp_path, local_ray):
-    check_a_failure_is_reported(tiny_mnist, tmp_path)
+    check_a_failure_is_reported(tiny_mnist, tmp_path, address=local_ray)
 
 
 def test_a_recorded_run_is_skipped(tiny_mnist, tmp_path):
@@ -211,6 +255,7 @@ cluster.shutdown()
 
 
 def cluster_scenario(scenario, data, out):
+    pytest.importorskip("ray")
     result = subprocess.run([sys.executable, "-c", CLUSTER, scenario, str(data), str(out)], cwd=ROOT,
                             env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -228,14 +273,14 @@ class FakeRay:
 
 
 def test_gpu_shares_follow_the_clusters_gpus_not_the_drivers(monkeypatch):
-    monkeypatch.setattr(runner, "start_ray", lambda workers, address: FakeRay({"CPU": 8.0, "GPU": 2.0}))
-    assert runner.cluster_resources("auto", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0.25}  # a CPU-only driver
-    assert runner.cluster_resources("cuda", 0.5, 2, "auto") == {"num_cpus": 1, "num_gpus": 0.5}
-    assert runner.cluster_resources("cpu", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0}
-    monkeypatch.setattr(runner, "start_ray", lambda workers, address: FakeRay({"CPU": 8.0}))
-    assert runner.cluster_resources("auto", None, 2, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    monkeypatch.setattr(runner, "start_ray", lambda address: FakeRay({"CPU": 8.0, "GPU": 2.0}))
+    assert runner.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0.25}  # a CPU-only driver
+    assert runner.cluster_resources("cuda", 0.5, "auto") == {"num_cpus": 1, "num_gpus": 0.5}
+    assert runner.cluster_resources("cpu", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    monkeypatch.setattr(runner, "start_ray", lambda address: FakeRay({"CPU": 8.0}))
+    assert runner.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
     with pytest.raises(ValueError, match="the Ray cluster at auto has no GPU"):
-        runner.cluster_resources("cuda", None, 2, "auto")
+        runner.cluster_resources("cuda", None, "auto")
 
 
 def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
@@ -245,6 +290,7 @@ def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
 
 
 def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):
+    pytest.importorskip("ray")
     args = ["--batch-sizes", "16", "--seeds", "0", "--epochs", "1", "--norms", "gn", "ln", "--device", "cpu",
             "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"),
             "--images", str(tmp_path)]
