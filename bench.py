@@ -6,6 +6,7 @@
     python bench.py norms --device cpu        # BN, GN, LN at every batch size; inference with BN folded
     python bench.py workers --data-dir DIR    # short study runs with the runner at --workers 1 and 2
     python bench.py command --data-dir DIR    # python main.py --norm all from a cold start, --workers 1 and 2
+    python bench.py notebook --data-dir DIR   # Run all of the notebook, its defaults, in a fresh clone
 
 `pipelines`: this repo's device-resident pipeline vs. the classic per-image DataLoader, side by side.
 Every pipeline trains the same model with the same batch size and optimizer on the same device:
@@ -35,6 +36,9 @@ measures the runner, not the model.
 `command`: the whole `python main.py --norm all` from a cold start (the workers' start, their imports and
 MNIST loads, the figures after the runs) at --workers 1 and 2, alternating rounds, each a fresh process
 (results/bench_cpu_command_e<epochs>_n<train subset>[_<label>].json).
+
+`notebook`: Run all of S5_Normalization.ipynb with its defaults (the assignment's three runs, 20 epochs on all
+60,000 images) in a fresh clone, wall time from the kernel's start (results/bench_cpu_notebook.json).
 
 Every timer takes its turn through `round_robin`; every file is written atomically (system.save_json).
 """
@@ -452,6 +456,39 @@ def main_command(args):
           f"{report['speedup']:.2f}x; same accuracies: {report['same_accuracies']}; wrote {out}")
 
 
+def main_notebook(args):
+    """bench.py notebook: Run all of S5_Normalization.ipynb with its defaults in a fresh clone of --repo's HEAD
+    (MNIST from --data-dir through $MNIST_DATA_DIR, nothing else set), timed from the kernel's start to its end;
+    the executed notebook is kept at --output when given."""
+    import subprocess
+    import sys
+    import tempfile
+    import papermill
+    repo = Path(args.repo).resolve()
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as scratch:
+        clone = Path(scratch) / "clone"
+        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        os.environ["MNIST_DATA_DIR"] = str(Path(args.data_dir).absolute())
+        executed = Path(args.output).absolute() if args.output else Path(scratch) / "out.ipynb"
+        began = time.perf_counter()
+        papermill.execute_notebook(str(clone / "S5_Normalization.ipynb"), str(executed), cwd=str(clone),
+                                   kernel_name="python3", progress_bar=False, log_output=True, stdout_file=sys.stdout)
+        wall = time.perf_counter() - began
+        runs = json.loads((clone / "runs" / "notebook" / "study.json").read_text())["runs"]
+    cells = json.loads(executed.read_text())["cells"]
+    report = {"args": recorded(args), "hardware": hardware(torch.device("cpu")), "commit": commit,
+              "wall_s": wall, "cell_seconds": [c["metadata"].get("papermill", {}).get("duration") for c in cells],
+              "runs": [{"variant": r["variant"], "seed": r["config"]["seed"], "epochs": len(r["epochs"]),
+                        "test_acc": r["epochs"][-1]["test_acc"], "seconds": sum(e["seconds"] for e in r["epochs"]),
+                        "fingerprint": r.get("fingerprint")} for r in runs]}
+    out = Path(args.results) / bench_file("cpu", "notebook")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_json(report, out)
+    print(f"Run all: {wall / 60:.1f} min at {commit}; wrote {out}")
+
+
 def flops_per_training_image(batch_size=64, norm="bn"):
     """FLOPs of one forward and backward pass, per image, counted by PyTorch's flop counter."""
     model, x = Net(norm), torch.randn(batch_size, 1, 28, 28)
@@ -482,7 +519,7 @@ def hardware(device):
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    jobs = p.add_subparsers(dest="job", required=True, metavar="{pipelines,norms,workers,command}")
+    jobs = p.add_subparsers(dest="job", required=True, metavar="{pipelines,norms,workers,command,notebook}")
 
     def job(name, help, rounds):
         sub = jobs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -521,6 +558,11 @@ def make_parser():
     add("--train-subset", type=int, default=20_000, help="training images of every run (0: all)")
     add("--repo", default=str(Path(__file__).resolve().parent), help="the checkout whose main.py is timed")
     add("--label", default="", help="appended to the file name (e.g. 'before' for another --repo)")
+
+    add = job("notebook", "Run all of the notebook with its defaults in a fresh clone, timed", 1)
+    add("--data-dir", default=default_data_dir(), help=DATA_DIR_HELP)
+    add("--repo", default=str(Path(__file__).resolve().parent), help="the checkout whose HEAD is cloned")
+    add("--output", default=None, help="where to keep the executed notebook (unset: not kept)")
     return p
 
 
@@ -551,7 +593,7 @@ def recorded(args):
 def main(argv=None):
     args = parse_args(argv)
     {"pipelines": main_pipelines, "norms": main_norms, "workers": main_workers_speedup,
-     "command": main_command}[args.job](args)
+     "command": main_command, "notebook": main_notebook}[args.job](args)
 
 
 def main_norms(args):
