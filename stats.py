@@ -1,45 +1,51 @@
-"""How far the seeds carry a comparison: Welch's t interval for a difference of means, and the smallest
-difference a number of seeds could detect. Pure Python (no SciPy): Student's t from its density.
+"""How far the seeds carry a comparison: SciPy's t intervals, and the study's rules on top of them.
+
+- `welch`: two independent groups of seeds (runs not paired by machine), Welch's interval of the difference of means;
+- `paired`: each seed's two runs trained on one machine, the t interval of the per-seed differences,
+  Bonferroni-adjusted over the `family` of comparisons a row reports (docs/protocol.md);
+- both: the smallest true difference the seeds would detect with probability POWER.
 """
 import math
 import statistics
 
+from scipy import stats
+
 ALPHA, POWER = 0.05, 0.8  # two-sided test at 5%, detected 80% of the time
 
 
-def t_cdf(x, df, steps=2000):
-    """P(T <= x) for Student's t with `df` degrees of freedom (Simpson's rule on the density; |error| < 1e-9)."""
-    if x < 0:
-        return 1.0 - t_cdf(-x, df, steps)
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def density(t):
-        return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
-
-    h = x / steps
-    inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
-    return 0.5 + h / 3 * (density(0.0) + inner + density(x))
-
-
 def t_quantile(p, df):
-    """The x with t_cdf(x, df) = p, for 0.5 <= p < 1 (bisection)."""
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        high *= 2
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if t_cdf(middle, df) < p else (low, middle)
-    return (low + high) / 2
+    """The x with P(T <= x) = p for Student's t with `df` degrees of freedom."""
+    return float(stats.t.ppf(p, df))
+
+
+def detectable(se, df, alpha, power=POWER):
+    """The smallest true difference a two-sided test at `alpha` detects with probability `power`:
+    (t_{1-alpha/2} + t_{power}) x the standard error."""
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se
 
 
 def welch(a, b, alpha=ALPHA, power=POWER):
-    """Mean of a minus mean of b, its (1 - alpha) Welch interval, and the smallest true difference that
-    samples of these sizes and spreads would detect (two-sided at `alpha`) with probability `power`:
-    (t_{1-alpha/2} + t_{power}) x the standard error, with Welch's degrees of freedom."""
+    """Mean of a minus mean of b, its (1 - alpha) Welch interval (SciPy's ttest_ind, equal_var=False), and the
+    smallest true difference samples of these sizes and spreads would detect with probability `power`."""
+    test = stats.ttest_ind(a, b, equal_var=False)
+    low, high = test.confidence_interval(1 - alpha)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    diff, t = statistics.mean(a) - statistics.mean(b), t_quantile(1 - alpha / 2, df)
-    return {"difference": diff, "low": diff - t * se, "high": diff + t * se, "df": df, "se": se,
-            "separated": not diff - t * se <= 0 <= diff + t * se,
-            "detectable": (t + t_quantile(power, df)) * se}
+    se, diff = math.sqrt(va + vb), statistics.mean(a) - statistics.mean(b)
+    return {"difference": diff, "low": float(low), "high": float(high), "df": float(test.df), "se": se,
+            "separated": not low <= 0 <= high, "detectable": detectable(se, float(test.df), alpha, power)}
+
+
+def paired(a, b, family=1, alpha=ALPHA, power=POWER):
+    """Mean of the per-seed differences a[i] - b[i] (seed i's two runs on one machine), its t interval (SciPy's
+    ttest_rel) at 1 - alpha / family (Bonferroni over the row's `family` of comparisons), whether that interval
+    excludes 0 ("separated"), and the smallest true difference these seeds would detect at that level."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"a paired interval needs two equal lists of at least 2 seeds, not {len(a)} and {len(b)}")
+    level = alpha / family
+    test = stats.ttest_rel(a, b)
+    low, high = test.confidence_interval(1 - level)
+    differences = [x - y for x, y in zip(a, b)]
+    se = statistics.stdev(differences) / math.sqrt(len(a))
+    return {"difference": statistics.mean(differences), "low": float(low), "high": float(high), "seeds": len(a),
+            "family": family, "se": se, "separated": not low <= 0 <= high,
+            "detectable": detectable(se, len(a) - 1, level, power)}
