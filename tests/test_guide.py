@@ -1,0 +1,72 @@
+"""guide.py: the protocol's points, seed by seed, each seed's variants on one machine; a seed split across machines
+is trained again whole, its old records kept aside."""
+import json
+from dataclasses import replace
+
+import pytest
+
+import guide
+from config import Config, Engine, run_identity
+from model import Net, count_parameters
+from system import fingerprint, save_json
+
+
+def test_every_point_is_a_list_of_distinct_runs_under_the_budget():
+    for point, configs in guide.POINTS.items():
+        assert len({tuple(run_identity(c).items()) for c in configs}) == len(configs), point
+        assert len({guide.variant_name(c) for c in configs}) == len(configs), point
+        assert all(count_parameters(Net.from_config(c)) < 8000 for c in configs), point
+        assert all(c.l1 == 0 and c.seed == 0 for c in configs), point
+
+
+def test_the_points_hold_what_the_guide_rows_compare():
+    names = {point: [guide.variant_name(c) for c in configs] for point, configs in guide.POINTS.items()}
+    assert set(names["batch_2"]) == {f"{n}_e3_bs2" for n in guide.BATCH_NORMS}
+    assert {"bn_e3_nb2", "bn_e3_nb16", "bn_e3"} <= set(names["batch_64"])
+    assert {"bn_e3_bs512_nb64", "bn_e3_bs512"} <= set(names["batch_512"])
+    assert {"bn_e24_bs512", "bn_e24_bs512_lr0.05"} <= set(names["batch_512_equal_steps"])  # 24 epochs: 3 x 512/64
+    assert set(names["recipe"]) == {"gn", "none", "gn2", "in", "bn"}  # the study's recipe: 20 epochs, batch 64
+
+
+def record(config, test_acc, machine):
+    return {"variant": "X", "config": {k: v for k, v in vars(config).items() if k != "data_dir"}, "fingerprint": machine,
+            "epochs": [{"epoch": 1, "test_acc": test_acc, "seconds": 1.0}]}
+
+
+def test_a_seed_split_across_machines_is_set_aside_and_a_whole_one_stays(tmp_path):
+    configs = guide.seed_configs("recipe", 0, "data", "cpu")[:3]
+    path, here, there = tmp_path / "recipe.json", {"cpu": "A"}, {"cpu": "B"}
+    save_json({"summary": None, "runs": [record(c, 99.0, there) for c in configs[:2]]}, path)
+    assert guide.unpair_a_split_seed(path, configs, there) == 0  # the same machine continues the seed
+    assert guide.unpair_a_split_seed(path, configs, here) == 2   # another machine trains it again, whole
+    assert json.loads(path.read_text())["runs"] == []
+    aside = json.loads((tmp_path / "recipe_unpaired.json").read_text())
+    assert [r["config"]["norm"] for r in aside["runs"]] == [c.norm for c in configs[:2]]
+    save_json({"summary": None, "runs": [record(c, 99.0, there) for c in configs]}, path)
+    assert guide.unpair_a_split_seed(path, configs, here) == 0  # a whole seed from one machine stays
+
+
+def test_run_guide_trains_seed_by_seed_and_records_the_machine(tiny_mnist, tmp_path, monkeypatch):
+    tiny = Config(epochs=1, train_subset=256, l1=0.0)
+    monkeypatch.setattr(guide, "POINTS", {"a": [replace(tiny, norm="gn"), replace(tiny, norm="bn", bn_batch=2)],
+                                          "b": [replace(tiny, norm="ln")]})
+    monkeypatch.setattr(guide, "KEEPS_WEIGHTS", ("b",))
+    lines = []
+    guide.run_guide(["a", "b"], [0, 1], str(tiny_mnist), "cpu", tmp_path / "guide",
+                    engine=Engine(str(tmp_path / "runs"), 2), log=lines.append)
+    a = json.loads((tmp_path / "guide" / "a.json").read_text())
+    assert [(r["config"]["seed"], r["config"]["norm"]) for r in a["runs"]] == [(0, "gn"), (0, "bn"), (1, "gn"), (1, "bn")]
+    assert all(r["fingerprint"] == fingerprint(threads=1) for r in a["runs"])
+    assert [s["variant"] for s in a["summary"]] == ["gn_e1_n256", "bn_e1_nb2_n256"] and a["summary"][0]["seeds"] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "guide" / "models").iterdir()) == ["ln_e1_n256_seed0.pt",
+                                                                                "ln_e1_n256_seed1.pt"]
+
+
+def test_list_trains_nothing(capsys):
+    assert guide.main(["--list", "--points", "adam_lr"]) == 0
+    assert capsys.readouterr().out.startswith("adam_lr: bn_e3_lr0.0003, gn_e3_lr0.0003")
+
+
+def test_bad_points_are_refused():
+    with pytest.raises(SystemExit):
+        guide.main(["--points", "nowhere"])
