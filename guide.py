@@ -26,6 +26,8 @@ SEEDS = tuple(range(7))  # 6 paired seeds per comparison, and one spare for a se
 EPOCHS = 3               # the experiments' short recipe; the recipe point trains the study's 20
 BATCH_NORMS = ("bn", "gn", "ln", "gnws", "brn", "frn", "evo")  # BN, GN, LN and the normalizers beyond them
 COMPARED = ("bn", "gn", "ln")
+VAL_SPLIT = 10_000       # training images held out where a setting is chosen (never on the test set)
+LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)}  # lr_range's
 
 
 def variants(keys, **settings):
@@ -42,6 +44,8 @@ def equal_steps(configs, batch_size):
 # point -> its variants for one seed, cheapest points first: a session that stops early has whole cheap points
 POINTS = {
     "adam_lr": [c for lr in (0.0003, 0.3) for c in variants(COMPARED, lr=lr)],
+    "lr_select_sgd": [c for lr in LRS["sgd"] for c in variants(COMPARED, lr=lr, optimizer="sgd", val_split=VAL_SPLIT)],
+    "lr_select_adam": [c for lr in LRS["adam"] for c in variants(COMPARED, lr=lr, val_split=VAL_SPLIT)],
     "batch_64": variants(BATCH_NORMS) + [replace(c, bn_batch=k) for k in (2, 4, 8, 16) for c in variants(["bn"])],
     "batch_512": variants(BATCH_NORMS, batch_size=512) + [replace(c, bn_batch=64)
                                                         for c in variants(["bn"], batch_size=512)],
@@ -51,6 +55,7 @@ POINTS = {
     "batch_2": variants(BATCH_NORMS, batch_size=2),
 }
 KEEPS_WEIGHTS = ("recipe",)
+SELECTION_SEEDS = {"lr_select_sgd": 3, "lr_select_adam": 3}  # choosing an LR needs 3 seeds, not the 6 of a verdict
 assert all(c.bn_batch == 0 or c.norm in BN_BATCH_NORMS for configs in POINTS.values() for c in configs)
 
 
@@ -111,7 +116,7 @@ def run_guide(points, seeds, data_dir, device, results=GUIDE_DIR, engine=Engine(
     from system import fingerprint
     here = fingerprint(threads=1)
     for seed in seeds:
-        for point in points:
+        for point in (p for p in points if seed < SELECTION_SEEDS.get(p, len(SEEDS))):
             path, configs = results_file(point, results), seed_configs(point, seed, data_dir, device)
             moved = unpair_a_split_seed(path, configs, here)
             if moved:
