@@ -293,6 +293,28 @@ def workers_section(results):
             f"**{report['speedup']:.2f}x**; " + ray_start(report) + f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
 
 
+def notebook_section(results):
+    """Run all of the notebook with its defaults (bench.py notebook), beside the bound the bare step sets."""
+    report, bare = read(results, "bench_cpu_notebook.json"), read(results, "bench_cpu_one_thread.json")
+    runs, machine = report["runs"], report["runs"][0]["fingerprint"]
+    epochs = sum(run["epochs"] for run in runs)
+    bare_epoch = bare["results"]["model"]["epoch_s"]
+    alone = max(run["epochs"] for run in runs) * bare_epoch  # the last run trains alone: one core idles
+    rows = ["| run | epochs | final test acc | s of training and testing |", "|---|---:|---:|---:|"]
+    rows += [f"| {run['variant']} seed {run['seed']} | {run['epochs']} | {run['test_acc']:.2f}% | {run['seconds']:.0f} |"
+             for run in runs]
+    return "\n".join(rows + [
+        "", f"**Run all: {report['wall_s'] / 60:.1f} min** ({report['wall_s']:,.0f} s, from the kernel's start to its "
+            f"end), the notebook's defaults in a fresh clone of {report['commit']}, MNIST present, nothing else running, "
+            f"on {report['hardware']['processor']} (family/model {machine['family_model_stepping'].rsplit('/', 1)[0]}) "
+            f"with {report['hardware']['cpu_count']} cores, torch {report['hardware']['torch']} "
+            f"(`results/bench_cpu_notebook.json`). The bound: {epochs} epochs x the bare model step's epoch on one "
+            f"thread ({bare_epoch:.1f} s, BN, `results/bench_cpu_one_thread.json`, another machine: torch "
+            f"{bare['hardware']['torch']}) / {report['hardware']['cpu_count']} cores = "
+            f"{epochs * bare_epoch / report['hardware']['cpu_count'] / 60:.1f} min if both cores were busy to the "
+            f"end; with three runs on two cores the last trains alone, so {(2 * alone) / 60:.1f} min."])
+
+
 def ray_start(report):
     """What a workers file measured of Ray's start-up (files from before the forked workers)."""
     if "ray_start_s" not in report:
@@ -445,6 +467,7 @@ SECTIONS = {"NORM_EXAMPLE": lambda results: norm_example_markdown(), "RESULTS": 
             "LR_RANGE": lr_range_section, "EQUAL_STEPS": equal_steps_section, "OWN_LR": own_lr_section,
             "SHIFT": shift_section,
             "INFERENCE": inference_section, "WORKERS": workers_section, "COMMAND": command_section,
+            "NOTEBOOK": notebook_section,
             "SEEDS": seeds_section, "L1_WEIGHTS": l1_weights_section, "NO_NORM": no_norm_section,
             "GN_FAMILY": gn_family_section, "GN_FAMILY_STUDY": gn_family_study_section, "MODEL": model_section}
 
