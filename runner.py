@@ -47,7 +47,6 @@ REPO = Path(__file__).resolve().parent
 # what a cluster's workers get of the repo (Ray's runtime_env working_dir): the code, not data, runs or results
 NOT_SHIPPED = [".git", ".venv", "venv", "data", "runs", "results", "images", "docs", "shared", "*.ipynb",
                "__pycache__", ".pytest_cache", ".ipynb_checkpoints"]
-OBJECT_STORE_BYTES = 100 * 2**20  # run records are a few KB and weights ~40 KB: Ray's minimum is plenty
 
 
 class RunsFailed(Exception):
