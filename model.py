@@ -4,7 +4,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from config import BN_BATCH_NORMS, GN_GROUPS, NORMS, WIDTHS, config_from_record  # noqa: F401  (no torch there)
+from plumbing.config import BN_BATCH_NORMS, GN_GROUPS, NORMS, WIDTHS, config_from_record  # noqa: F401  (no torch there)
 
 # Batch Renormalization's schedule, in fractions of the run's optimizer steps. The paper (Ioffe 2017) counts
 # steps of a ~100k+-step run: plain BN for the first 5k, then r_max 1 -> 3 reached at 40k and d_max 0 -> 5

@@ -148,7 +148,7 @@ def snapshot(folder):
 
 def full_disk_after(monkeypatch, good_writes):
     """Make system.atomic_write's files fail with ENOSPC half-way through, after `good_writes` good ones."""
-    import system
+    from plumbing import system
     real_open, calls = open, []
 
     class HalfFull:

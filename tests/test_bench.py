@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import bench
-from bench import ratios, round_robin, summarize
-from config import BATCH_SIZES, NORM_COSTS_FILE
+from lab import bench
+from lab.bench import ratios, round_robin, summarize
+from plumbing.config import BATCH_SIZES, NORM_COSTS_FILE
 
 
 @pytest.mark.parametrize("lever", ["none", "bf16"])

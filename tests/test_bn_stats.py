@@ -3,12 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from bn_stats import (PRECISE_IMAGES, bn_statistics_metrics, has_batch_norm, with_batch_statistics,
+from lab.bn_stats import (PRECISE_IMAGES, bn_statistics_metrics, has_batch_norm, with_batch_statistics,
                       with_precise_statistics, with_recomputed_statistics)
-from config import Config
-from data import DeviceLoader
+from plumbing.config import Config
+from plumbing.data import DeviceLoader
 from model import Net
-from utils import evaluate, set_seed
+from lab.train import set_seed
+from utils import evaluate
 
 
 def running_stats(model):

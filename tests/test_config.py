@@ -3,7 +3,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from config import (DEFAULTS, IDENTITY, STUDY_L1, VARIANTS, Config, config_from_record, run_identity, run_label,
+from plumbing.config import (DEFAULTS, IDENTITY, STUDY_L1, VARIANTS, Config, config_from_record, run_identity, run_label,
                     run_name, same_run, variant_key)
 from model import NORMS
 

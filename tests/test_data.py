@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_main
-from config import Config, run_name
-from data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist, load_mnist_split,
+from plumbing.config import Config, run_name
+from plumbing.data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist, load_mnist_split,
                   random_affine)
 
 
@@ -24,7 +24,7 @@ def test_unpacked_files_are_read_exactly_as_torchvision_reads_them(tiny_mnist, t
 
 
 def test_checking_and_loading_unpacked_mnist_import_no_torchvision(tiny_mnist):
-    code = (f"import sys, torch, data\ndata.ensure_mnist({str(tiny_mnist)!r})\n"
+    code = (f"import sys, torch\nfrom plumbing import data\ndata.ensure_mnist({str(tiny_mnist)!r})\n"
             f"data.load_mnist({str(tiny_mnist)!r}, torch.device('cpu'))\nassert 'torchvision' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -142,7 +142,7 @@ def test_data_dir_from_environment_variable(tiny_mnist, tmp_path, monkeypatch):
 def test_data_missing_on_a_node_names_the_node_and_the_path(tmp_path, monkeypatch):
     import socket
     from conftest import OFFLINE
-    from data import DataError, ensure_mnist_on_this_node
+    from plumbing.data import DataError, ensure_mnist_on_this_node
     for name, value in OFFLINE.items():  # no download reaches a network
         monkeypatch.setenv(name, value)
     with pytest.raises(DataError) as error:
@@ -152,6 +152,6 @@ def test_data_missing_on_a_node_names_the_node_and_the_path(tmp_path, monkeypatc
 
 
 def test_data_on_a_node_is_checked_under_a_lock(tiny_mnist):
-    from data import ensure_mnist_on_this_node
+    from plumbing.data import ensure_mnist_on_this_node
     ensure_mnist_on_this_node(tiny_mnist)  # present: checked, nothing downloaded, the lock released
     ensure_mnist_on_this_node(tiny_mnist)

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-import guide
-from config import Config, Engine, run_identity
+from lab import guide
+from plumbing.config import Config, Engine, run_identity
 from model import Net, count_parameters
-from system import fingerprint, save_json
+from plumbing.system import fingerprint, save_json
 
 
 def test_every_point_is_a_list_of_distinct_runs_under_the_budget():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from input_shifts import LEVELS, SEVERITIES, SHIFTS, shifted
+from lab.input_shifts import LEVELS, SEVERITIES, SHIFTS, shifted
 
 
 def digits(n=16):

@@ -4,9 +4,9 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-import lr_range
-from config import Config, run_name
-from config import COMPARED as NORMS  # what lr_range.py runs by default
+from lab import lr_range
+from plumbing.config import Config, run_name
+from plumbing.config import COMPARED as NORMS  # what lr_range.py runs by default
 
 
 def test_smoke_lr_range_records_diverged_runs_and_draws_the_figure(tiny_mnist, tmp_path, capsys):

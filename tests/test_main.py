@@ -14,9 +14,10 @@ import main
 import utils
 from conftest import (ROOT, check_figures, finished_epochs, full_disk_after, run_main, snapshot, start_main,
                       wait_until)
-from config import STUDY_L1, Config, config_from_record, run_name
-from data import load_mnist
-from utils import fit
+from plumbing.config import STUDY_L1, Config, config_from_record, run_name
+from plumbing.data import load_mnist
+from lab import train
+from lab.train import fit
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
 ALL_FLAGS = {"norm", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "l1", "gn_groups", "dropout",
@@ -260,7 +261,7 @@ def test_resume_refuses_conflicting_flags(tiny_mnist, tmp_path):
 # ---- damaged run folders: refused, and left as they were ------------------------------------------------------
 def interrupted_run(run_dir, norm, tiny_mnist):
     """A run of 3 epochs stopped after epoch 2, as Ctrl-C leaves it."""
-    real, calls = utils.train_epoch, []
+    real, calls = train.train_epoch, []
 
     def stop_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -269,14 +270,14 @@ def interrupted_run(run_dir, norm, tiny_mnist):
         return real(*args, **kwargs)
 
     config = Config(norm=norm, epochs=3, train_subset=256, data_dir=str(tiny_mnist))
-    utils.train_epoch = stop_in_epoch_3
+    train.train_epoch = stop_in_epoch_3
     try:
         fit(config, load_mnist(tiny_mnist, torch.device("cpu"), train_subset=256), run_dir, progress=False,
             log=lambda line: None)
     except utils.Interrupted:
         pass
     finally:
-        utils.train_epoch = real
+        train.train_epoch = real
 
 
 @pytest.fixture(scope="module")
@@ -453,10 +454,11 @@ def test_a_second_process_on_a_running_run_is_refused_and_a_dead_ones_lock_is_ta
     ("shift", ["--help"]), ("shift", ["--workers", "0"])])
 def test_help_and_bad_flags_are_answered_before_torch_is_imported(command, flags):
     if command == "shift":  # shift.py parses in its __main__ block, before its own imports of torch
-        code = ("import runpy, sys\ntry:\n    runpy.run_path('shift.py', run_name='__main__')\nexcept SystemExit as e:\n"
+        code = ("import runpy, sys\ntry:\n    runpy.run_module('lab.shift', run_name='__main__', alter_sys=True)\nexcept SystemExit as e:\n"
                 "    assert e.code in (0, 2), e.code\n")
     else:
-        code = (f"import sys, {command}\ntry:\n    {command}.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        module = "import main" if command == "main" else f"from lab import {command}"
+        code = (f"import sys\n{module}\ntry:\n    {command}.main(sys.argv[1:])\nexcept SystemExit as e:\n"
                 "    assert e.code in (0, 2), e.code\n")
     code += "assert not {'torch', 'torchvision', 'matplotlib', 'ray'} & set(sys.modules), sorted(sys.modules)"
     result = subprocess.run([sys.executable, "-c", code, *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -9,13 +9,14 @@ from timm.layers import StdConv2d
 from torch import nn
 
 import model as model_module
-from bn_stats import folded, has_batch_norm, with_recomputed_statistics
+from lab.bn_stats import folded, has_batch_norm, with_recomputed_statistics
 from conftest import ROOT
-from config import Config
-from data import load_mnist
+from plumbing.config import Config
+from plumbing.data import load_mnist
 from model import (BRN_D_MAX, BRN_R_MAX, WS_EPS, BatchRenorm2d, GhostBatchNorm2d, Net, count_parameters,
                    set_total_steps)
-from utils import build, fit, l1_weights
+from lab.train import build, fit
+from utils import l1_weights
 
 NEW_NORMS = ("gnws", "brn", "frn", "evo")
 QUIET = {"progress": False, "log": lambda line: None}

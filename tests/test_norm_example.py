@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from norm_example import EPS, draw_norm_groups, example_input, main, normalize, shared_stats_mask, worked_example
+from lab.norm_example import EPS, draw_norm_groups, example_input, main, normalize, shared_stats_mask, worked_example
 
 
 def test_worked_example_matches_pytorch_layers():

@@ -1,10 +1,11 @@
-"""The notebook: a smoke run from the repo writes only into a scratch folder; its Colab path: one repository
-URL, a setup cell that clones it, a clear word when it can't, and an upload list that is enough to run."""
-import ast
+"""The notebook: a smoke run from the repo writes only into a scratch folder, and gives the same numbers with two
+workers forked from its kernel; its Colab path: one repository URL, a setup cell that clones it (or unpacks an
+uploaded zip of it), and a clear word when it can't."""
 import json
 import re
 import shutil
 import subprocess
+import zipfile
 
 import pytest
 
@@ -74,41 +75,15 @@ def test_two_workers_forked_from_the_kernel_give_the_numbers_of_one(tiny_mnist, 
     assert studies[1] == studies[2]
 
 
-def imported_repo_modules(source, found=None):
-    """Every repo module that `source` imports, directly or through other repo modules, at any depth."""
-    found = set() if found is None else found
-    for node in ast.walk(ast.parse(source)):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-        for name in names:
-            top = name.split(".")[0]
-            if (ROOT / f"{top}.py").exists() and top not in found:
-                found.add(top)
-                imported_repo_modules((ROOT / f"{top}.py").read_text(), found)
-    return found
-
-
-def upload_list():
-    setup = next(source for source in cells() if source.startswith("# Setup"))
-    return ast.literal_eval(re.search(r"^REPO_FILES = (\[.*?\])", setup, re.M | re.S)[1])
-
-
-def test_the_upload_list_is_what_the_notebooks_imports_need():
-    notebook = json.loads(NOTEBOOK.read_text())["cells"]
-    imports = "\n".join("".join(c["source"]) for c in notebook if c["cell_type"] == "code"
-                        and not "".join(c["source"]).startswith(("# Setup", "# Parameters")))
-    code = "\n".join(line for line in imports.splitlines() if not line.startswith(("%", "!")))
-    assert upload_list() == sorted(f"{name}.py" for name in imported_repo_modules(code))
-
-
-def test_in_colab_with_only_the_listed_files_uploaded_the_notebook_runs(tiny_mnist, tmp_path, monkeypatch):
+def test_in_colab_with_a_zip_of_the_repo_uploaded_the_notebook_runs(tiny_mnist, tmp_path, monkeypatch):
     work = tmp_path / "content"
     work.mkdir()
-    for name in upload_list():
-        shutil.copy2(ROOT / name, work / name)
+    with zipfile.ZipFile(work / "mnist-normalization-main.zip", "w") as archive:  # as GitHub's "Download ZIP"
+        for path in repo_files():
+            archive.write(ROOT / path, f"mnist-normalization-main/{path}")
     run_as_colab(tmp_path, monkeypatch, "file:///no/such/repo", tiny_mnist, work=work)  # a clone would fail
-    assert not (work / "repo").exists()
-    check_figures(work / "runs" / "smoke" / "images")
+    assert (work / "repo" / "lab" / "runner.py").exists()
+    check_figures(work / "repo" / "runs" / "smoke" / "images")
 
 
 def test_the_repository_url_is_written_once_and_the_badges_agree():
@@ -151,5 +126,5 @@ def test_a_failed_clone_says_what_to_do(tiny_mnist, tmp_path, monkeypatch):
         run_as_colab(tmp_path, monkeypatch, "file:///no/such/repo", tiny_mnist)
     message = str(failure.value)
     assert "Could not fetch the code from file:///no/such/repo" in message
-    assert "upload the repo's files bn_stats.py" in message and "set REPO_URL" in message
+    assert "upload the repo as a zip" in message and "set REPO_URL" in message
     assert "CalledProcessError" not in message

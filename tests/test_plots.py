@@ -1,4 +1,4 @@
-"""Every figure (the study's in plots.py; the batch-size sweep's and the LR range's in their modules), drawn from
+"""Every figure (the study's in figures.py; the batch-size sweep's and the LR range's in their modules), drawn from
 result files alone."""
 import json
 import math
@@ -10,17 +10,18 @@ import pytest
 import torch
 
 import plots
+from lab import figures
 from conftest import ROOT, STUDY_FIGURES, check_figures
-from config import STUDY_L1, Config
-from data import DeviceLoader
+from plumbing.config import STUDY_L1, Config
+from plumbing.data import DeviceLoader
 from model import Net
-from runner import model_path
-import sweep
-from lr_range import plot_lr_range, redraw_lr_range
-from sweep import plot_batch_size
-from plots import (DPI, collect_misclassified, plot_accuracy,
+from plumbing.results import model_path
+from lab import sweep
+from lab.lr_range import plot_lr_range, redraw_lr_range
+from lab.sweep import plot_batch_size
+from lab.figures import (DPI, collect_misclassified, plot_accuracy,
                    plot_metric, plot_misclassified, plot_train_vs_test)
-from utils import set_seed
+from lab.train import set_seed
 
 STUDY = [("GN", {"norm": "gn"}), ("LN", {"norm": "ln"}), ("BN+L1", {"norm": "bn", "l1": STUDY_L1})]
 
@@ -81,8 +82,8 @@ def test_loss_graph_on_a_log_axis_shows_every_epoch():
 
 
 def test_epoch_ranges_and_log_ticks():
-    assert plots.epoch_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
-    assert [plots.leading_digit(v) for v in (0.02, 20.0, 5e-5, 1.0)] == [2, 2, 5, 1]
+    assert figures.epoch_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert [figures.leading_digit(v) for v in (0.02, 20.0, 5e-5, 1.0)] == [2, 2, 5, 1]
 
 
 def test_train_vs_test_panel_has_four_labelled_axes():
@@ -128,9 +129,9 @@ def test_study_figures_from_results_and_weights(tiny_mnist, tmp_path):
     for run in runs:
         torch.save(Net(run["config"]["norm"]).state_dict(), model_path(tmp_path / "models", run))
     (tmp_path / "study.json").write_text(json.dumps({"summary": None, "runs": runs}))
-    figures = plots.study_figures(tmp_path, tiny_mnist)
-    assert set(figures) == set(STUDY_FIGURES)
-    plots.save_figures(figures, tmp_path / "images")
+    drawn = figures.study_figures(tmp_path, tiny_mnist)
+    assert set(drawn) == set(STUDY_FIGURES)
+    figures.save_figures(drawn, tmp_path / "images")
     check_figures(tmp_path / "images")
 
 

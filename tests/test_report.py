@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-import report
+from lab import report
 from conftest import ROOT
 
 RESULTS = ROOT / "results"
@@ -121,7 +121,7 @@ def study_record(label, norm, seed, acc, cpu="Some CPU", **extra):
 
 
 def test_seeds_section_by_hand(tmp_path):
-    from study import summarize
+    from lab.study import summarize
     runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.6, 99.7])]
     runs += [study_record("LN", "ln", s, a, cpu="Other CPU", fingerprint={"x": 1}) for s, a in enumerate([99.2, 99.3, 99.4])]
     write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
@@ -186,7 +186,7 @@ def test_command_section_by_hand(tmp_path):
 
 
 def test_study_section_by_hand(tmp_path):
-    from study import summarize
+    from lab.study import summarize
     runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.7])]
     runs += [study_record("LN", "ln", 0, 99.0, cpu="Other CPU")]
     runs[2]["epochs"][0]["seconds"] = 30.0
@@ -247,7 +247,7 @@ def test_shift_section_counts_models_and_seeds(tmp_path, monkeypatch):
 
 
 def test_gn_family_study_section_orders_the_rows_by_groups(tmp_path):
-    from study import summarize
+    from lab.study import summarize
     assert report.gn_family_study_section(tmp_path).startswith("Not run yet")
     study = [study_record(label, norm, s, a) for label, norm in (("GN", "gn"), ("LN", "ln")) for s, a in enumerate([99.5, 99.6])]
     family = [study_record(label, norm, s, a) for label, norm in (("IN", "in"), ("GN(2)", "gn")) for s, a in enumerate([99.1, 99.3])]

@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from conftest import ROOT
-from config import VARIANTS, Config
-from data import DeviceLoader, eval_batch_size, load_mnist, load_mnist_split, to_device
-from runner import load_model, model_path
-from study import STUDY_VARIANTS
-from system import fingerprint
-from utils import build, evaluate, train_epoch
+from plumbing.config import VARIANTS, Config
+from plumbing.data import DeviceLoader, eval_batch_size, load_mnist, load_mnist_split, to_device
+from lab.runner import load_model
+from plumbing.results import model_path
+from lab.study import STUDY_VARIANTS
+from plumbing.system import fingerprint
+from lab.train import build
+from utils import evaluate, train_epoch
 
 RESULTS = ROOT / "results"
 CPU = torch.device("cpu")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import runner
+from lab import runner
 from conftest import OFFLINE, ROOT, start_main, wait_until
-from config import Config, Engine, config_from_record, run_name
-from runner import RunsFailed, map_tasks, placement, run_configs, task_resources
-from study import summarize
+from plumbing.config import Config, Engine, config_from_record, run_name
+from lab.runner import RunsFailed, map_tasks, placement, run_configs, task_resources
+from lab.study import summarize
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_a_run_recorded_on_auto_is_not_trained_again_on_cpu(tiny_mnist, tmp_path
 def test_a_run_killed_half_way_resumes_from_its_checkpoint(tiny_mnist, tmp_path):
     config = replace(configs(tiny_mnist)[0], epochs=8)
     whole = run_configs([config], tmp_path / "whole.json", summarize, Engine(str(tmp_path / "whole")), log=lambda line: None)
-    script = ("import sys; from runner import run_configs; from study import summarize; from config import Config, Engine\n"
+    script = ("import sys; from lab.runner import run_configs; from lab.study import summarize; from plumbing.config import Config, Engine\n"
               f"run_configs([Config(**{vars(config)!r})], {str(tmp_path / 'cut.json')!r}, summarize, "
               f"Engine({str(tmp_path / 'cut')!r}))")
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **OFFLINE},
@@ -209,9 +209,9 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_
                                                         "include_dashboard": False})
 other = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 import ray
-from config import Config, Engine
-from runner import run_configs
-from study import summarize
+from plumbing.config import Config, Engine
+from lab.runner import run_configs
+from lab.study import summarize
 scenario, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 configs = [Config(norm=norm, epochs=4, seed=seed, device="cpu", data_dir=data)
            for seed, norm in enumerate(["gn", "ln", "bn", "gn"])]
@@ -286,7 +286,7 @@ def test_gpu_shares_follow_the_clusters_gpus_not_the_drivers(monkeypatch):
 def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
     for folder in ("data", "runs", "results", ".git", ".venv"):
         assert folder in runner.NOT_SHIPPED
-    assert runner.REPO == ROOT and (runner.REPO / "runner.py").exists()
+    assert runner.REPO == ROOT and (runner.REPO / "lab" / "runner.py").exists()
 
 
 def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):
@@ -297,7 +297,7 @@ def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):
     script = ("import sys\nfrom ray.cluster_utils import Cluster\n"
               "cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 1, 'node_ip_address': '127.0.0.1', "
               "'include_dashboard': False})\ncluster.add_node(num_cpus=1, node_ip_address='127.0.0.1')\n"
-              "import ray, sweep\ncode = sweep.main(sys.argv[1:] + ['--address', cluster.address])\n"
+              "import ray\nfrom lab import sweep\ncode = sweep.main(sys.argv[1:] + ['--address', cluster.address])\n"
               "ray.shutdown()\ncluster.shutdown()\nsys.exit(code)\n")
     result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env={**os.environ, **OFFLINE},
                             capture_output=True, text=True, timeout=600)

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import shift
-from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, folded
+from lab import shift
+from lab.bn_stats import evaluate_adapted, evaluate_with_batch_statistics, folded
 from conftest import check_figures
-from config import Config, Engine
+from plumbing.config import Config, Engine
 from model import Net
-from runner import run_configs
-from study import results_file, summarize as summarize_study
-from utils import set_seed
+from lab.runner import run_configs
+from lab.study import results_file, summarize as summarize_study
+from lab.train import set_seed
 
 
 def trained_like(norm, seed=0):

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from stats import paired, t_quantile, welch
+from plumbing.stats import paired, t_quantile, welch
 
 
 @pytest.mark.parametrize("p,df,table", [(0.975, 9, 2.262), (0.975, 18, 2.101), (0.8, 18, 0.862),

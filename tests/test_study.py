@@ -1,8 +1,8 @@
 """study.py: the study's configs, its results file, its summary and table."""
 import pytest
 
-from config import STUDY_L1, VARIANTS, Config, run_label
-from study import STUDY_VARIANTS, TARGET_ACC, results_file, run_key, study_configs, summarize, summary_table, pairwise_table
+from plumbing.config import STUDY_L1, VARIANTS, Config, run_label
+from lab.study import STUDY_VARIANTS, TARGET_ACC, results_file, run_key, study_configs, summarize, summary_table, pairwise_table
 
 
 def test_study_configs_are_seed_major_with_the_study_lambda():

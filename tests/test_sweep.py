@@ -4,8 +4,8 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-import sweep
-from config import BATCH_SIZES, Config, run_name
+from lab import sweep
+from plumbing.config import BATCH_SIZES, Config, run_name
 
 SMOKE = ["--seeds", "0", "--epochs", "1", "--device", "cpu", "--workers", "1"]
 

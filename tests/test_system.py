@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-import system
+from plumbing import system
 from conftest import ROOT, wait_until
-from system import (RunFolderError, RunInUse, WriteError, atomic_write, check_output_dir, exclusive, new_run_dir,
+from plumbing.system import (RunFolderError, RunInUse, WriteError, atomic_write, check_output_dir, exclusive, new_run_dir,
                     run_lock, save_json, save_torch, stop_requests)
 
 NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -117,7 +117,7 @@ def test_a_lock_held_by_another_process_is_refused_and_freed_when_it_ends(tmp_pa
     lock = tmp_path / ".results.json.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys\n"
-        "from system import exclusive\n"
+        "from plumbing.system import exclusive\n"
         f"with exclusive({str(lock)!r}, 'the results file'):\n"
         "    sys.stdin.readline()\n")], cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -146,7 +146,7 @@ def test_stop_requests_turn_signals_into_a_flag_within_the_block():
 FAULTS_OF_20_EVAL_PASSES = """
 import resource, sys, torch
 from model import Net
-from system import keep_freed_memory
+from plumbing.system import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     sys.exit()

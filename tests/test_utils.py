@@ -9,12 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import utils
+from lab import train as lab_train
 from conftest import finished_epochs, full_disk_after
-from config import SGD_MOMENTUM, Config
-from data import DeviceLoader, load_mnist
+from plumbing.config import SGD_MOMENTUM, Config
+from plumbing.data import DeviceLoader, load_mnist
 from model import Net
-from utils import (NonFiniteLoss, WriteFailed, build, evaluate, fit, l1_penalty, l1_weights, make_optimizer,
-                   set_seed, train_epoch)
+from lab.train import WriteFailed, build, fit, make_optimizer, set_seed
+from utils import NonFiniteLoss, evaluate, l1_penalty, l1_weights, train_epoch
 
 QUIET = {"progress": False, "log": lambda line: None}
 
@@ -183,7 +184,7 @@ def test_non_finite_loss_keeps_the_good_epochs(tiny_mnist, tmp_path, monkeypatch
                 next(model.parameters()).fill_(float("nan"))
         return train_epoch(model, *args, **kwargs)
 
-    monkeypatch.setattr(utils, "train_epoch", train_that_breaks_in_epoch_2)
+    monkeypatch.setattr(lab_train, "train_epoch", train_that_breaks_in_epoch_2)
     with pytest.raises(NonFiniteLoss, match="BN epoch 2, step 1") as stopped:
         fit(Config(epochs=3), splits, tmp_path, **QUIET)
     assert (stopped.value.epoch, stopped.value.step, stopped.value.run_dir) == (2, 1, tmp_path)

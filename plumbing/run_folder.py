@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import Config, same_run
-from system import RunFolderError, new_run_dir
+from plumbing.config import Config, same_run
+from plumbing.system import RunFolderError, new_run_dir
 
 
 def checkpoint_state(model, optimizer, scheduler, train_loader, metrics):

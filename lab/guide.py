@@ -1,8 +1,8 @@
 """The guide protocol's runs: every point the guide's rows rest on, seed by seed, each seed's variants on one machine.
 
-    python guide.py --data-dir DIR                        # every point, seeds 0-6, into results/guide/<point>.json
-    python guide.py --points adam_lr batch_64 --seeds 0   # some points, some seeds
-    python guide.py --list                                # the points and their variants, nothing trained
+    python -m lab.guide --data-dir DIR                        # every point, seeds 0-6, into results/guide/<point>.json
+    python -m lab.guide --points adam_lr batch_64 --seeds 0   # some points, some seeds
+    python -m lab.guide --list                                # the points and their variants, nothing trained
 
 A point is one situation of the guide (a batch size, a learning rate, the study's recipe) and the variants compared
 there. For each seed, all variants of a point train together, so each seed's compared runs share one machine (the
@@ -18,8 +18,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args, engine_from_args
-from config import BN_BATCH_NORMS, DEFAULTS, RESULTS_DIR, VARIANTS, Config, Engine, config_from_record, default_data_dir, run_name
+from plumbing.cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args, engine_from_args
+from plumbing.config import BN_BATCH_NORMS, DEFAULTS, RESULTS_DIR, VARIANTS, Config, Engine, config_from_record, default_data_dir, run_name
 
 GUIDE_DIR = f"{RESULTS_DIR}/guide"
 SEEDS = tuple(range(7))  # 6 paired seeds per comparison, and one spare for a seed that splits across machines
@@ -95,8 +95,8 @@ def unpair_a_split_seed(path, configs, here):
     """When some of `configs` (one seed of a point) are recorded on a machine other than `here` (a fingerprint) and
     the rest are not, move those records to <point>_unpaired.json, so the whole seed trains again on one machine.
     Returns how many moved."""
-    from runner import find_run, load_results
-    from system import save_json
+    from plumbing.results import find_run, load_results
+    from plumbing.system import save_json
     runs = load_results(path)["runs"]
     mine = [run for run in (find_run(runs, c) for c in configs) if run is not None]
     if not mine or len(mine) == len(configs) or all(run.get("fingerprint") == here for run in mine):
@@ -112,8 +112,8 @@ def unpair_a_split_seed(path, configs, here):
 def run_guide(points, seeds, data_dir, device, results=GUIDE_DIR, engine=Engine(), log=print):
     """Seed by seed, every point's variants of that seed (trained together, on this machine), each run recorded
     in results/<point>.json as it finishes."""
-    from runner import run_configs
-    from system import fingerprint
+    from lab.runner import run_configs
+    from plumbing.system import fingerprint
     here = fingerprint(threads=1)
     for seed in seeds:
         for point in (p for p in points if seed < SELECTION_SEEDS.get(p, len(SEEDS))):
@@ -152,7 +152,7 @@ def main(argv=None):
         for point in args.points:
             print(f"{point}: " + ", ".join(variant_name(c) for c in POINTS[point]))
         return 0
-    from runner import run_command
+    from lab.runner import run_command
     data_dir = args.data_dir or default_data_dir()
     return run_command(lambda: run_guide(args.points, args.seeds, data_dir, args.device, args.results,
                                          engine_from_args(args)), args.results, data_dir, args.device, args.address)

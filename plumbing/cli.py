@@ -6,7 +6,7 @@ torch, torchvision or matplotlib are imported.
 import importlib.util
 import os
 
-from config import DATA_DIR_ENV, DEVICES, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, IMAGES_DIR, PLAIN, Engine
+from plumbing.config import DATA_DIR_ENV, DEVICES, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, IMAGES_DIR, PLAIN, Engine
 
 
 PATHS_NOTE = "Relative paths (--out, --results, --images, --data-dir) are relative to the working folder."

@@ -1,9 +1,9 @@
 """Where BN, GN and LN part ways: a batch-size sweep, the same at equal steps, and the LR rule behind both.
 
-    python sweep.py --data-dir DIR                 # the whole sweep; run it again to go on after a stop
-    python sweep.py --equal-steps --data-dir DIR   # batch 128-512 trained for the steps of batch 64
-    python sweep.py --select-lr --data-dir DIR     # the validation runs that chose the LR rule
-    python sweep.py --own-lr --data-dir DIR        # equal steps at 512 with each norm's own best LR rule
+    python -m lab.sweep --data-dir DIR                 # the whole sweep; run it again to go on after a stop
+    python -m lab.sweep --equal-steps --data-dir DIR   # batch 128-512 trained for the steps of batch 64
+    python -m lab.sweep --select-lr --data-dir DIR     # the validation runs that chose the LR rule
+    python -m lab.sweep --own-lr --data-dir DIR        # equal steps at 512 with each norm's own best LR rule
 
 Every run is a `utils.fit` run without L1, so only the normalization differs; `runner.run_configs`
 trains them (on every core by default, or on a Ray cluster with --address) and records each in the
@@ -18,8 +18,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
-from config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY, NORM_COSTS_FILE,
+from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
+from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY, NORM_COSTS_FILE,
                     PLAIN, RESULTS_DIR, VARIANTS, Config, config_from_record, default_data_dir, variant_key)
 # torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
 # tables and summaries need neither, and --help or a bad flag is answered before them
@@ -200,7 +200,7 @@ def plot_batch_size(sweep, costs=None, equal_steps=None):
     `costs` (bench.py norms, measured side by side on a quiet machine) gives the time panel.
     """
     import matplotlib.pyplot as plt
-    from plots import DPI, by_norm, plain_log_axis
+    from lab.figures import DPI, by_norm, plain_log_axis
     fig, (error_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
     for norm, entries in by_norm(sweep["summary"], BATCH_SIZE_FIGURE).items():
         color = VARIANTS[norm].color
@@ -247,6 +247,11 @@ def plot_costs(ax, costs):
            ylabel="seconds per epoch (60,000 images)", ylim=(0, None))
 
 
+def redraw(results_dir, images_dir, data_dir=None):
+    """The batch-size figure from results_dir's sweep files; returns [its path] ([] without a sweep)."""
+    return [redraw_batch_size(results_dir, images_dir)] if (Path(results_dir) / "batch_size_sweep.json").exists() else []
+
+
 def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
     """images_dir/batch_size.png from results_dir's sweep, equal-steps and norm-cost files; returns its path.
 
@@ -254,7 +259,7 @@ def redraw_batch_size(results_dir, images_dir, sweep=None, equal_steps=None):
     batch_size_equal_steps.json. None (nothing drawn) when there is no sweep: equal steps alone make no figure.
     """
     import matplotlib.pyplot as plt
-    from plots import save_figures
+    from lab.figures import save_figures
 
     def read(path):
         return json.loads(Path(path).read_text()) if Path(path).exists() else None
@@ -278,7 +283,7 @@ def plot_gn_family(summary):
     """Test error against the number of groups, LN (1) -> GN(2) -> GN (4) -> IN (one per channel), one line per
     batch size of the sweep where GN(2) or IN ran; None when neither has run yet."""
     import matplotlib.pyplot as plt
-    from plots import DPI, plain_log_axis
+    from lab.figures import DPI, plain_log_axis
     entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
     sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
     if not sizes:
@@ -348,9 +353,9 @@ def main(argv=None):
     try:
         name, configs, summarize = experiment(args)
     except (OSError, ValueError) as error:  # --own-lr without a usable selection file
-        parser.error(f"{error}; run `python sweep.py --select-lr` first")
-    from bn_stats import bn_statistics_metrics
-    from runner import run_command, run_configs
+        parser.error(f"{error}; run `python -m lab.sweep --select-lr` first")
+    from lab.bn_stats import bn_statistics_metrics
+    from lab.runner import run_command, run_configs
     results = Path(args.results or RESULTS[name])
     code = run_command(lambda: run_configs(configs, results, summarize, engine_from_args(args),
                                            measure=bn_statistics_metrics, order=run_order),

@@ -1,8 +1,8 @@
 """Worked example: BN, GN and LN by hand on 2 images x 4 channels x 2x2, printed as Markdown; and a figure of the
 cells BN, LN, IN and GN each average over, after Figure 2 of the Group Normalization paper (Wu & He, 2018).
 
-    python norm_example.py                  # prints the tables quoted in the README
-    python norm_example.py --figure [PATH]  # draws the figure, by default into images/norm_groups.png
+    python -m lab.norm_example                  # prints the tables quoted in the README
+    python -m lab.norm_example --figure [PATH]  # draws the figure, by default into images/norm_groups.png
 """
 import argparse
 

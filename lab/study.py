@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from config import STUDY_VARIANTS, VARIANTS, Engine, config_from_record, variant_key
-from runner import run_configs
-from stats import ALPHA, POWER, welch
+from plumbing.config import STUDY_VARIANTS, VARIANTS, Engine, config_from_record, variant_key
+from plumbing.results import by_variant
+from lab.runner import run_configs
+from plumbing.stats import ALPHA, POWER, welch
 
 TARGET_ACC = 99.4  # percent; the accuracy goal the summary tracks
 
@@ -63,14 +64,6 @@ def summary_table(summary):
                      f"| {s['max']:.2f}% | {seeds} | {s['first_epoch_mean_reaches_target'] or '-'} "
                      f"| {s['last5_min_of_mean']:.2f}% |")
     return "\n".join(lines)
-
-
-def by_variant(runs):
-    """{label: [runs of that variant]}, labels in the order they first appear."""
-    groups = {}
-    for run in runs:
-        groups.setdefault(run["variant"], []).append(run)
-    return groups
 
 
 def summarize(runs):
@@ -129,3 +122,13 @@ def pairwise_table(summary):
         lines.append(f"| {p['a']} - {p['b']} | {seeds} | {p['difference']:+.3f} | {p['low']:+.3f} to {p['high']:+.3f} "
                      f"| {'yes' if p['separated'] else 'no'} | {'yes' if p['corrected'] else 'no'} | {p['detectable']:.3f} |")
     return "\n".join(lines)
+
+
+def redraw(results_dir, images_dir, data_dir):
+    """The study's figures (graphs 1 and 2, train vs. test, the misclassified grids) from results_dir/study.json and
+    its saved weights, into images_dir; returns their paths ([] without a study.json)."""
+    if not (Path(results_dir) / "study.json").exists():
+        return []
+    from lab.figures import save_figures, study_figures  # matplotlib only where figures are drawn
+    return save_figures(study_figures(results_dir, data_dir), images_dir)
+

@@ -19,7 +19,6 @@ the epochs to train; workers report each finished epoch to the driver through a 
 """
 import json
 import multiprocessing
-import os
 import shlex
 import signal
 import threading
@@ -35,15 +34,17 @@ from queue import Empty
 import torch
 from tqdm import tqdm
 
-from config import Config, Engine, config_from_record, run_label, run_name, same_run
-from data import DataError, ensure_mnist, ensure_mnist_on_this_node, load_mnist
-from system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_json, save_torch
+from plumbing.config import Engine, config_from_record, run_label, run_name
+from plumbing.data import DataError, ensure_mnist, ensure_mnist_on_this_node, load_mnist
+from plumbing.system import RunFolderError, WriteError, exclusive, keep_freed_memory, save_torch
 from model import Net, count_parameters
-from run_folder import continue_or_new_run_dir
-from utils import Interrupted, NonFiniteLoss, WriteFailed, fit, get_device, where_it_runs
+from plumbing.results import find_run, load_results, model_path, record
+from plumbing.run_folder import continue_or_new_run_dir
+from lab.train import WriteFailed, fit, get_device, where_it_runs
+from utils import Interrupted, NonFiniteLoss
 
 MAX_RETRIES = 2  # a task whose worker or node died is started again this often before it counts as failed
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]  # the repo root: what a cluster gets (runtime_env)
 # what a cluster's workers get of the repo (Ray's runtime_env working_dir): the code, not data, runs or results
 NOT_SHIPPED = [".git", ".venv", "venv", "data", "runs", "results", "images", "docs", "shared", "*.ipynb",
                "__pycache__", ".pytest_cache", ".ipynb_checkpoints"]
@@ -57,33 +58,7 @@ class RunsFailed(Exception):
         super().__init__(f"{len(failures)} run(s) failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
 
 
-# ---- the results file ------------------------------------------------------------------------
-def load_results(path):
-    """{'summary': ..., 'runs': [...]} of a results file, empty if there is none yet."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else {"summary": None, "runs": []}
-
-
-def find_run(runs, config):
-    """The recorded run of `config` in `runs`, or None: the same run (config.same_run), wherever it trained."""
-    return next((run for run in runs if same_run(run["config"], config)), None)
-
-
-def record(path, run, summarize, order):
-    """Add (or replace) one finished run in the results file, rewrite its summary; one atomic write."""
-    runs = [r for r in load_results(path)["runs"] if not same_run(r["config"], run["config"])]
-    runs = sorted(runs + [run], key=order) if order else runs + [run]
-    save_json({"summary": summarize(runs), "runs": runs}, path)
-    return runs
-
-
 # ---- saved weights ------------------------------------------------------------------------------
-def model_path(models_dir, run):
-    """Where the runner saves a run's final weights: models_dir/<run name>.pt (`run`: a record or a Config)."""
-    config = run if isinstance(run, Config) else config_from_record(run["config"])
-    return Path(models_dir) / f"{run_name(config)}.pt"
-
-
 def load_model(path, config):
     """The Net of a run's `config` (a dict) with the weights saved at `path`, in eval mode on the CPU."""
     if not Path(path).exists():

@@ -1,6 +1,6 @@
 """What an L1 penalty does behind a norm, measured on the committed BN and BN+L1 weights (no training).
 
-    python l1_weights.py            # writes results/l1_weights.json and prints the table
+    python -m lab.l1_weights            # writes results/l1_weights.json and prints the table
 
 Each of the seven convs is followed by BatchNorm and has no bias, so scaling its weights by any
 c > 0 leaves the network's output unchanged (tests/test_model.py checks it): the penalty cannot make
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from config import STUDY_L1
-from system import save_json
+from plumbing.config import STUDY_L1
+from plumbing.system import save_json
 
 SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
 SEEDS = (0, 1, 2)

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 import torch.nn as nn
 
-from data import DeviceLoader, eval_batch_size
+from plumbing.data import DeviceLoader, eval_batch_size
 from utils import evaluate
 
 PRECISE_IMAGES, PRECISE_BATCH = 10_000, 500  # BN statistics recomputed over this many training images

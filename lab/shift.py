@@ -1,6 +1,6 @@
 """Where they part ways at test time: the study's models, and BN without L1, on shifted test images.
 
-    python shift.py --data-dir DIR     # every saved model under every shift: results/shift.json,
+    python -m lab.shift --data-dir DIR     # every saved model under every shift: results/shift.json,
                                        # images/shift.png, images/shift_examples.png (minutes; no training)
 
 BN normalizes a test image with running averages collected on the training images; GN and LN
@@ -19,8 +19,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
-from config import RESULTS_DIR, IMAGES_DIR
+from plumbing.cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
+from plumbing.config import RESULTS_DIR, IMAGES_DIR
 
 
 def make_parser():
@@ -45,17 +45,17 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm  # noqa: E402
-from config import VARIANTS  # noqa: E402
-from data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node,  # noqa: E402
+from lab.bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm  # noqa: E402
+from plumbing.config import VARIANTS  # noqa: E402
+from plumbing.data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node,  # noqa: E402
                   eval_batch_size, load_mnist_split, normalize)
-from input_shifts import LEVELS, SHIFTS, shifted  # noqa: E402
-from runner import map_tasks  # noqa: E402
-from study import STUDY_VARIANTS, results_file, run_key  # noqa: E402
-from system import WriteError, cpu_name, save_json  # noqa: E402
+from lab.input_shifts import LEVELS, SHIFTS, shifted  # noqa: E402
+from lab.runner import map_tasks  # noqa: E402
+from lab.study import STUDY_VARIANTS, results_file, run_key  # noqa: E402
+from plumbing.system import WriteError, cpu_name, save_json  # noqa: E402
 from utils import evaluate  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-from plots import DPI, plain_log_axis, save_figures  # noqa: E402
+from lab.figures import DPI, plain_log_axis, save_figures  # noqa: E402
 
 STUDIES = (STUDY_VARIANTS, ("bn",))  # the results files whose models are evaluated
 BN_MODES = ("running", "test_batch", "adapted")
@@ -71,7 +71,8 @@ def conditions():
 def saved_models(results_dir):
     """(variant key, seed, config, weights) of every run in the studies' results files: the weights travel with
     the tasks, so a worker on another machine needs no copy of results/."""
-    from runner import load_model, model_path  # the one rule for where weights live
+    from lab.runner import load_model
+    from plumbing.results import model_path  # the one rule for where weights live
     models = []
     for variants in STUDIES:
         path = results_file(results_dir, variants)
@@ -92,7 +93,7 @@ def test_images(data_dir):
 
 def evaluate_condition(name, severity, models, data_dir):
     """Rows of every model under one shift and severity (BN models in each of BN_MODES)."""
-    from runner import net_with_weights
+    from lab.runner import net_with_weights
     torch.set_num_threads(1)  # as the study's runs were evaluated: the clean rows equal their final accuracies
     images, labels = test_images(data_dir)
     x = normalize(shifted(images, name, severity))
@@ -180,7 +181,7 @@ def plot_shift(summary):
     Severity 0 is the clean test set. BN without L1 and the test-batch statistics are in the table only,
     so that each panel stays readable at the width GitHub shows it.
     """
-    from input_shifts import SHIFTS
+    from lab.input_shifts import SHIFTS
     clean = [e for e in summary if e["shift"] == "clean"]
     fig, axes = plt.subplots(3, 3, figsize=(10, 10), dpi=DPI, sharey=True)
     for ax, name in zip(axes.flat, SHIFTS):
@@ -216,7 +217,7 @@ def plot_shift(summary):
 
 def plot_shift_examples(images, index=0):
     """One test digit under every shift (rows) at every severity (columns)."""
-    from input_shifts import LEVELS, SHIFTS, shifted
+    from lab.input_shifts import LEVELS, SHIFTS, shifted
     x = images[index:index + 1]
     fig, axes = plt.subplots(len(SHIFTS), 4, figsize=(6, 1.6 * len(SHIFTS)), dpi=DPI)
     for row, name in zip(axes, SHIFTS):
@@ -229,6 +230,12 @@ def plot_shift_examples(images, index=0):
     fig.suptitle("One test digit under every shift and severity", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def redraw(results_dir, images_dir, data_dir):
+    """The shift study's figures from results_dir/shift.json; returns their paths ([] without the file)."""
+    path = Path(results_dir) / "shift.json"
+    return redraw_shift(path, images_dir, data_dir) if path.exists() else []
 
 
 def redraw_shift(results_path, images_dir, data_dir):
@@ -254,5 +261,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import shift  # Ray ships functions of __main__ by value, without their module: send them by name instead
+    from lab import shift  # Ray ships functions of __main__ by value, without their module: send them by name instead
     sys.exit(shift.main())

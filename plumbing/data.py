@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from config import DATA_DIR_ENV, default_data_dir  # noqa: F401  (callers import default_data_dir from here too)
+from plumbing.config import DATA_DIR_ENV, default_data_dir  # noqa: F401  (callers import default_data_dir from here too)
 
 try:
     import fcntl

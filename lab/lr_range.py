@@ -1,7 +1,7 @@
 """How high may the learning rate go? BN, GN and LN (no L1) at batch 64 over a range of peak LRs.
 
-    python lr_range.py --data-dir DIR                    # Adam, peak LR 0.0003 to 0.3: 63 runs of 3 epochs
-    python lr_range.py --optimizer sgd --data-dir DIR    # SGD with momentum, peak LR 0.003 to 1.0
+    python -m lab.lr_range --data-dir DIR                    # Adam, peak LR 0.0003 to 0.3: 63 runs of 3 epochs
+    python -m lab.lr_range --optimizer sgd --data-dir DIR    # SGD with momentum, peak LR 0.003 to 1.0
 
 The study's recipe (one-cycle schedule, batch 64, augmentation, dropout) for 3 epochs, 3 seeds per
 point. Nothing is selected here, so the test set reports. A run whose loss stops being finite is
@@ -14,8 +14,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
-from config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS, Config,
+from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
+from plumbing.config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS, Config,
                     config_from_record, default_data_dir, variant_key)
 # torch (runner) and matplotlib (plots) are imported where runs train and the figure is drawn
 
@@ -109,7 +109,7 @@ def plot_lr_range(summary):
     optimizers = list(dict.fromkeys(e["optimizer"] for e in summary))
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
-    from plots import DPI, by_norm, plain_log_axis
+    from lab.figures import DPI, by_norm, plain_log_axis
     fig, axes = plt.subplots(1, len(optimizers), figsize=(7 * len(optimizers), 5), dpi=DPI, squeeze=False)
     for ax, optimizer in zip(axes[0], optimizers):
         for norm, entries in by_norm([e for e in summary if e["optimizer"] == optimizer]).items():
@@ -135,10 +135,16 @@ def plot_lr_range(summary):
     return fig
 
 
+def redraw(results_dir, images_dir, data_dir=None):
+    """The LR-range figure from results_dir/lr_range.json; returns [its path] ([] without the file)."""
+    path = Path(results_dir) / Path(RESULTS).name
+    return [redraw_lr_range(path, images_dir)] if path.exists() else []
+
+
 def redraw_lr_range(results_path, images_dir):
     """images_dir/lr_range.png from the LR-range results file; returns its path."""
     import matplotlib.pyplot as plt
-    from plots import save_figures
+    from lab.figures import save_figures
     fig = plot_lr_range(json.loads(Path(results_path).read_text())["summary"])
     path = save_figures({"lr_range": fig}, images_dir)[0]
     plt.close(fig)
@@ -163,7 +169,7 @@ def main(argv=None):
     check_experiment_args(parser, args)
     if min(args.lrs or [1]) <= 0:
         parser.error("every --lrs value must be > 0")
-    from runner import run_command, run_configs
+    from lab.runner import run_command, run_configs
     base = Config(epochs=args.epochs, data_dir=args.data_dir or default_data_dir(), device=args.device)
     configs = lr_range_configs(base, args.optimizer, args.seeds, args.norms, args.lrs)
     results = Path(args.results)
