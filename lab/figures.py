@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from lab.runner import load_model
-from plumbing.config import VARIANTS, config_from_record, variant_key
+from plumbing.config import VARIANTS
 from plumbing.data import MNIST_MEAN, MNIST_STD, DeviceLoader, eval_batch_size, load_mnist_split, to_device
-from plumbing.results import by_variant, model_path
+from plumbing.results import by_variant, group_by, model_path, run_key
 from plumbing.system import atomic_write
 
 DPI = 120  # fixed, so the same metrics give the same PNG size
@@ -202,7 +202,7 @@ def misclassified_figures(runs, models_dir, test_split):
     for label, group in by_variant(runs).items():
         first_seed = group[0]
         found = collect_misclassified(load_model(model_path(models_dir, first_seed), first_seed["config"]), loader)
-        figures[f"misclassified_{variant_key(config_from_record(first_seed['config']))}"] = plot_misclassified(
+        figures[f"misclassified_{run_key(first_seed)}"] = plot_misclassified(
             found, f"{label}, seed {first_seed['config']['seed']}", first_seed["epochs"][-1]["test_acc"])
     return figures
 
@@ -219,11 +219,7 @@ def study_figures(results_dir, data_dir, name="study.json"):
 
 def by_norm(summary, keys=None):
     """{norm key: its entries} in the summary's order; only `keys` (of config.PLAIN) when given."""
-    groups = {}
-    for entry in summary:
-        if keys is None or entry["norm"] in keys:
-            groups.setdefault(entry["norm"], []).append(entry)
-    return groups
+    return group_by([entry for entry in summary if keys is None or entry["norm"] in keys], lambda entry: entry["norm"])
 
 
 NOTEBOOK_DPI = 90  # figures shown in the notebook: lighter than the files in images/, so the saved notebook stays small

@@ -19,15 +19,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_data_and_device_flags, add_engine_flags, check_engine_args, engine_from_args
-from plumbing.config import BN_BATCH_NORMS, DEFAULTS, RESULTS_DIR, VARIANTS, Config, Engine, config_from_record, default_data_dir, run_name
+from lab.lr_range import LRS
+from plumbing.config import (BN_BATCH_NORMS, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, RESULTS_DIR, VARIANTS, Config,
+                             Engine, config_from_record, default_data_dir, run_name)
+from plumbing.results import group_by
 
 GUIDE_DIR = f"{RESULTS_DIR}/guide"
 SEEDS = tuple(range(7))  # 6 paired seeds per comparison, and one spare for a seed that splits across machines
-EPOCHS = 3               # the experiments' short recipe; the recipe point trains the study's 20
-BATCH_NORMS = ("bn", "gn", "ln", "gnws", "brn", "frn", "evo")  # BN, GN, LN and the normalizers beyond them
-COMPARED = ("bn", "gn", "ln")
+EPOCHS = EXPERIMENT_EPOCHS  # the experiments' short recipe; the recipe point trains the study's 20
+BATCH_NORMS = (*COMPARED, "gnws", "brn", "frn", "evo")  # BN, GN, LN and the normalizers beyond them
 VAL_SPLIT = 10_000       # training images held out where a setting is chosen (never on the test set)
-LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)}  # lr_range's
 
 
 def variants(keys, **settings):
@@ -75,9 +76,7 @@ def variant_name(config):
 def summarize(runs):
     """Per variant, in the order first recorded: its label, seeds, final test accuracies and machines (paired
     intervals are the report's job: docs/protocol.md)."""
-    groups = {}
-    for run in runs:
-        groups.setdefault(variant_name(config_from_record(run["config"])), []).append(run)
+    groups = group_by(runs, lambda run: variant_name(config_from_record(run["config"])))
     return [{"variant": name, "label": group[0]["variant"], "seeds": [r["config"]["seed"] for r in group],
              "final_test_acc": [None if "diverged" in r else r["epochs"][-1]["test_acc"] for r in group],
              "fingerprints": [fingerprint_key(r.get("fingerprint")) for r in group]}

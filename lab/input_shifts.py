@@ -10,6 +10,8 @@ import zlib
 import torch
 import torch.nn.functional as F
 
+from plumbing.data import affine_warp
+
 SEVERITIES = (1, 2, 3)
 
 
@@ -48,20 +50,20 @@ def rotation(x, severity):
     """Every image rotated by 15, 30 or 45 degrees, in a random direction per image."""
     degrees = (0, 15, 30, 45)[severity]
     sign = torch.randint(0, 2, (len(x),), generator=generator("rotation", severity)) * 2 - 1
-    return affine(x, angle=torch.deg2rad(sign * float(degrees)))
+    return affine_warp(x, angle=torch.deg2rad(sign * float(degrees)))
 
 
 def translation(x, severity):
     """Every image moved by 3, 5 or 7 pixels in a random direction per image (the training shifts are <= 2)."""
     pixels = (0, 3, 5, 7)[severity]
     direction = torch.rand(len(x), generator=generator("translation", severity)) * 2 * math.pi
-    return affine(x, offset=torch.stack([direction.cos(), direction.sin()], 1) * pixels)
+    return affine_warp(x, offset=torch.stack([direction.cos(), direction.sin()], 1) * pixels)
 
 
 def scale(x, severity):
     """Every digit shrunk about the image centre, to 75%, 60% or 45% of its size."""
     factor = (1.0, 0.75, 0.6, 0.45)[severity]
-    return affine(x, zoom=factor)
+    return affine_warp(x, zoom=factor)
 
 
 def blur(x, severity):
@@ -84,18 +86,6 @@ LEVELS = {name: (1,) if name == "inversion" else SEVERITIES for name in SHIFTS}
 def generator(name, severity):
     """A CPU generator seeded by the shift's name and severity: the same images every time."""
     return torch.Generator().manual_seed(zlib.crc32(f"{name}/{severity}".encode()))
-
-
-def affine(x, angle=None, offset=None, zoom=1.0):
-    """Rotate by `angle` (radians, per image), move by `offset` (pixels, per image) and zoom, on black."""
-    n, _, h, w = x.shape
-    angle = torch.zeros(n) if angle is None else angle
-    offset = torch.zeros(n, 2) if offset is None else offset
-    cos, sin = angle.cos() / zoom, angle.sin() / zoom  # the grid samples the input: 1/zoom makes the digit smaller
-    shift = -offset * 2 / torch.tensor([w, h])  # pixels -> grid units; the grid moves opposite to the image
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 def shifted(images, name, severity):

@@ -10,13 +10,13 @@ the share of |w| below SPARSE_FRACTION of the layer's largest |w|). Only the hea
 no norm follows, is regularized in the usual sense: its norm is reported apart.
 """
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 from plumbing.config import STUDY_L1
+from plumbing.results import over_seeds
 from plumbing.system import save_json
 
 SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
@@ -38,7 +38,7 @@ def layer_measures(weight):
 
 
 def measure(models_dir, seeds=SEEDS):
-    """Per variant and layer: each seed's measures, and their mean and std over seeds."""
+    """Per variant and layer: each measure over the seeds (mean, std, min, max), with each seed's value."""
     out = {}
     for variant, pattern in VARIANT_FILES.items():
         per_seed = []
@@ -50,15 +50,10 @@ def measure(models_dir, seeds=SEEDS):
             state = torch.load(path, map_location="cpu", weights_only=True)
             per_seed.append({name: layer_measures(w) for name, w in conv_weights(state).items()})
         layers = list(per_seed[0])
-        out[variant] = {layer: {key: spread([s[layer][key] for s in per_seed])
+        out[variant] = {layer: {key: over_seeds([s[layer][key] for s in per_seed], per_seed=True)
                                 for key in ("l2", "l1", "near_zero_percent")} | {"numel": per_seed[0][layer]["numel"]}
                         for layer in layers}
     return {"seeds": list(seeds), "l1_lambda": STUDY_L1, "sparse_fraction": SPARSE_FRACTION, "layers": out}
-
-
-def spread(values):
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
 
 
 def layer_label(name, index):

@@ -9,14 +9,14 @@ recorded as diverged, with the epoch, not dropped. `runner.run_configs` trains a
 """
 import argparse
 import json
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
-from plumbing.config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS, Config,
-                    config_from_record, default_data_dir, variant_key)
+from plumbing.config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS,
+                             Config, default_data_dir)
+from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
 # torch (runner) and matplotlib (plots) are imported where runs train and the figure is drawn
 
 SEEDS, EPOCHS = EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS
@@ -33,30 +33,20 @@ def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=COMPARED, lrs=No
 
 def run_order(run):
     c = run["config"]
-    return OPTIMIZERS.index(c.get("optimizer", "adam")), c["seed"], c["lr"], PLAIN.index(norm_key(run))
-
-
-def norm_key(run):
-    """The recorded run's key in PLAIN: 'bn', 'gn', 'gn2', 'none', ..."""
-    return variant_key(config_from_record(run["config"]))
+    return OPTIMIZERS.index(c.get("optimizer", "adam")), c["seed"], c["lr"], PLAIN.index(run_key(run))
 
 
 def summarize(runs):
     """Per optimizer, norm and LR: final test accuracy over the seeds that finished, and which diverged."""
-    groups = {}
-    for run in runs:
-        c = run["config"]
-        groups.setdefault((c.get("optimizer", "adam"), norm_key(run), c["lr"]), []).append(run)
+    groups = group_by(runs, lambda run: (run["config"].get("optimizer", "adam"), run_key(run), run["config"]["lr"]))
     summary = []
     for (optimizer, norm, lr), group in sorted(groups.items(), key=lambda g: (OPTIMIZERS.index(g[0][0]),
                                                                                PLAIN.index(g[0][1]), g[0][2])):
-        finished = [run["epochs"][-1]["test_acc"] for run in group if "diverged" not in run]
+        final = [run["epochs"][-1]["test_acc"] for run in finished(group)]
         entry = {"optimizer": optimizer, "norm": norm, "lr": lr, "epochs": group[0]["config"]["epochs"],
-                 "seeds": [r["config"]["seed"] for r in group],
-                 "diverged": [{"seed": r["config"]["seed"], **r["diverged"]} for r in group if "diverged" in r]}
-        if finished:
-            entry["test_acc"] = {"mean": statistics.mean(finished), "min": min(finished), "max": max(finished),
-                                 "std": statistics.stdev(finished) if len(finished) > 1 else 0.0}
+                 "seeds": [r["config"]["seed"] for r in group], "diverged": diverged_seeds(group)}
+        if final:
+            entry["test_acc"] = over_seeds(final)
         summary.append(entry)
     for entry in summary:
         entry["usable"] = is_usable(entry, summary)

@@ -20,11 +20,12 @@ from lab.lr_range import lr_range_table
 from lab.norm_example import markdown as norm_example_markdown
 from lab.shift import shift_table
 from lab.study import pairwise_table, summary_table
-from plumbing.config import COMPARED, GN_FAMILY, NORM_COSTS_FILE, TRAIN_IMAGES, VARIANTS
+from plumbing.config import COMPARED, GN_FAMILY, GN_FAMILY_ADDED, NORM_COSTS_FILE, TRAIN_IMAGES, VARIANTS
 from lab.l1_weights import l1_weights_table
 from plumbing.stats import ALPHA
 from lab.study import pairwise
-from lab.sweep import BASE_BATCH, EPOCHS, batch_size_table, best_rules, lr_rule_table, norm_key
+from lab.sweep import BASE_BATCH, EPOCHS, batch_size_table, best_rules, lr_rule_table
+from plumbing.results import run_key
 
 DOCS = ("README.md", "BENCHMARKS.md", "docs/study.md", "docs/batch_size.md", "docs/learning_rate.md",
         "docs/test_time.md", "docs/gn_family.md", "docs/many_runs.md", "docs/tests.md")
@@ -125,7 +126,7 @@ def compile_section(results, study_name="study_amd_epyc.json"):
 def batch_size_section(results):
     """The sweep of BN, GN and LN (the norms added later, at fewer batch sizes, are on the GN-family page)."""
     sweep = read(results, "batch_size_sweep.json")
-    runs = [run for run in sweep["runs"] if norm_key(run) in COMPARED]
+    runs = [run for run in sweep["runs"] if run_key(run) in COMPARED]
     first = runs[0]
     return "\n".join([
         batch_size_table([e for e in sweep["summary"] if e["norm"] in COMPARED]), "",
@@ -408,7 +409,7 @@ def gn_family_section(results):
     for b in sizes:
         lines.append(f"| {b} | {entries[('gn2', b)]['epochs'] if ('gn2', b) in entries else '-'} | "
                      + " | ".join(acc_cell(entries.get((n, b))) for n in GN_FAMILY) + " |")
-    runs = [run for run in sweep["runs"] if norm_key(run) in ("gn2", "in")]
+    runs = [run for run in sweep["runs"] if run_key(run) in GN_FAMILY_ADDED]
     return "\n".join(lines + ["", f"Test accuracy %, mean ± std over seeds, from `results/batch_size_sweep.json` "
                                f"(the sweep's recipe: 3 epochs, peak LR 0.01). GN(2) and IN: {len(runs)} runs "
                                f"({seeds_line(runs)}), {where_line(runs)}; LN and GN are the sweep's own runs."])

@@ -13,14 +13,14 @@ models come from results/study.json (GN, LN, BN+L1) and results/study_bn.json (B
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 from functools import lru_cache
 from pathlib import Path
 
 from plumbing.cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
-from plumbing.config import RESULTS_DIR, IMAGES_DIR
+from plumbing.config import IMAGES_DIR, RESULTS_DIR, STUDY_VARIANTS, VARIANTS
+from plumbing.results import group_by, model_path, over_seeds, run_key
 
 
 def make_parser():
@@ -46,12 +46,11 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from lab.bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_batch_norm  # noqa: E402
-from plumbing.config import VARIANTS  # noqa: E402
 from plumbing.data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node,  # noqa: E402
                   eval_batch_size, load_mnist_split, normalize)
 from lab.input_shifts import LEVELS, SHIFTS, shifted  # noqa: E402
-from lab.runner import map_tasks  # noqa: E402
-from lab.study import STUDY_VARIANTS, results_file, run_key  # noqa: E402
+from lab.runner import load_model, map_tasks, net_with_weights  # noqa: E402
+from lab.study import results_file  # noqa: E402
 from plumbing.system import WriteError, cpu_name, save_json  # noqa: E402
 from utils import evaluate  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,8 +70,6 @@ def conditions():
 def saved_models(results_dir):
     """(variant key, seed, config, weights) of every run in the studies' results files: the weights travel with
     the tasks, so a worker on another machine needs no copy of results/."""
-    from lab.runner import load_model
-    from plumbing.results import model_path  # the one rule for where weights live
     models = []
     for variants in STUDIES:
         path = results_file(results_dir, variants)
@@ -93,7 +90,6 @@ def test_images(data_dir):
 
 def evaluate_condition(name, severity, models, data_dir):
     """Rows of every model under one shift and severity (BN models in each of BN_MODES)."""
-    from lab.runner import net_with_weights
     torch.set_num_threads(1)  # as the study's runs were evaluated: the clean rows equal their final accuracies
     images, labels = test_images(data_dir)
     x = normalize(shifted(images, name, severity))
@@ -111,13 +107,10 @@ def evaluate_condition(name, severity, models, data_dir):
 
 def summarize(rows):
     """Per variant, shift, severity and BN mode: the test accuracy over seeds (mean, std, min, max)."""
-    groups = {}
-    for row in rows:
-        groups.setdefault((row["variant"], row["shift"], row["severity"], row["bn_stats"]), []).append(row["test_acc"])
-    return [{"variant": v, "shift": s, "severity": sev, "bn_stats": mode, "seeds": len(accs),
-             "test_acc": {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                          "min": min(accs), "max": max(accs)}}
-            for (v, s, sev, mode), accs in groups.items()]
+    groups = group_by(rows, lambda row: (row["variant"], row["shift"], row["severity"], row["bn_stats"]))
+    return [{"variant": v, "shift": s, "severity": sev, "bn_stats": mode, "seeds": len(group),
+             "test_acc": over_seeds(row["test_acc"] for row in group)}
+            for (v, s, sev, mode), group in groups.items()]
 
 
 def columns(summary):
@@ -168,7 +161,6 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
 
 # ---- the shift study ----------------------------------------------------------------------------
 MODE_STYLES = {None: "-", "running": "-", "test_batch": "--", "adapted": ":"}
-MODE_NAMES = {"test_batch": "test-batch statistics", "adapted": "statistics re-estimated on the shifted images"}
 
 
 SHIFT_SERIES = (("gn", None), ("ln", None), ("bn_l1", "running"), ("bn_l1", "adapted"))  # the rest: the table
@@ -181,7 +173,6 @@ def plot_shift(summary):
     Severity 0 is the clean test set. BN without L1 and the test-batch statistics are in the table only,
     so that each panel stays readable at the width GitHub shows it.
     """
-    from lab.input_shifts import SHIFTS
     clean = [e for e in summary if e["shift"] == "clean"]
     fig, axes = plt.subplots(3, 3, figsize=(10, 10), dpi=DPI, sharey=True)
     for ax, name in zip(axes.flat, SHIFTS):
@@ -217,7 +208,6 @@ def plot_shift(summary):
 
 def plot_shift_examples(images, index=0):
     """One test digit under every shift (rows) at every severity (columns)."""
-    from lab.input_shifts import LEVELS, SHIFTS, shifted
     x = images[index:index + 1]
     fig, axes = plt.subplots(len(SHIFTS), 4, figsize=(6, 1.6 * len(SHIFTS)), dpi=DPI)
     for row, name in zip(axes, SHIFTS):

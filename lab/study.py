@@ -3,14 +3,13 @@
 `runner.run_configs` trains the runs and records them in RESULTS/study.json, with each run's final
 weights in RESULTS/models/; `plots.study_figures` draws the figures from those files.
 """
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from plumbing.config import STUDY_VARIANTS, VARIANTS, Engine, config_from_record, variant_key
-from plumbing.results import by_variant
+from plumbing.config import STUDY_VARIANTS, VARIANTS, Engine
+from plumbing.results import by_variant, diverged_seeds, finished, over_seeds, run_key
 from lab.runner import run_configs
 from plumbing.stats import ALPHA, POWER, welch
 
@@ -45,11 +44,6 @@ def run_study(base, seeds, results_dir, variants=STUDY_VARIANTS, l1=None, engine
                        order=lambda run: (run["config"]["seed"], order[run_key(run)]), log=log)
 
 
-def run_key(run):
-    """The variant key of a recorded run: 'gn', 'bn_l1', ..."""
-    return variant_key(config_from_record(run["config"]))
-
-
 def summary_table(summary):
     """The summary as a Markdown table."""
     lines = [f"| variant | params | final test acc, mean +- std | min | max | seeds | "
@@ -72,20 +66,17 @@ def summarize(runs):
     and are None where every seed diverged)."""
     summary = {}
     for label, group in by_variant(runs).items():
-        finished = [run for run in group if "diverged" not in run]
-        final = [run["epochs"][-1]["test_acc"] for run in finished]
+        done = finished(group)
+        final = [run["epochs"][-1]["test_acc"] for run in done]
         rows = [row for run in group for row in run["epochs"]]
         summary[label] = {
             "params": group[0]["params"], "seeds": [run["config"]["seed"] for run in group],
-            "final_test_acc": final, "mean": statistics.mean(final) if final else None,
-            "std": (statistics.stdev(final) if len(final) > 1 else 0.0) if final else None,
-            "min": min(final, default=None), "max": max(final, default=None),
-            **curve_summary([[row["test_acc"] for row in run["epochs"]] for run in finished]),
+            "final_test_acc": final, **over_seeds(final),
+            **curve_summary([[row["test_acc"] for row in run["epochs"]] for run in done]),
             "mean_seconds_per_epoch": float(np.mean([r["seconds"] for r in rows])) if rows else None,
         }
-        if len(finished) < len(group):
-            summary[label]["diverged"] = [{"seed": run["config"]["seed"], **run["diverged"]}
-                                          for run in group if "diverged" in run]
+        if len(done) < len(group):
+            summary[label]["diverged"] = diverged_seeds(group)
     return summary
 
 

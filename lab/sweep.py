@@ -19,8 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
-from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY, NORM_COSTS_FILE,
-                    PLAIN, RESULTS_DIR, VARIANTS, Config, config_from_record, default_data_dir, variant_key)
+from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY,
+                             GN_FAMILY_ADDED, NORM_COSTS_FILE, PLAIN, RESULTS_DIR, VARIANTS, Config, default_data_dir,
+                             variant_key)
+from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
 # torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
 # tables and summaries need neither, and --help or a bad flag is answered before them
 
@@ -80,42 +82,29 @@ def own_lr_configs(base, selection, seeds=SEEDS, batch_sizes=SELECTION_BATCH_SIZ
     return configs
 
 
-def norm_key(run):
-    """The recorded run's key in PLAIN: 'bn', 'gn', 'gn2', 'none', ..."""
-    return variant_key(config_from_record(run["config"]))
-
-
 def run_order(run):
     c = run["config"]
-    return c["seed"], c["batch_size"], PLAIN.index(norm_key(run)), c["lr"]
-
-
-def spread(values):
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
+    return c["seed"], c["batch_size"], PLAIN.index(run_key(run)), c["lr"]
 
 
 def summarize_sweep(runs):
     """Per norm (key of PLAIN) and batch size: the final test accuracy over the seeds that finished, seconds
     per epoch, BN's other accuracies, and the seeds that diverged (their loss stopped being finite)."""
-    groups = {}
-    for run in runs:
-        groups.setdefault((norm_key(run), run["config"]["batch_size"]), []).append(run)
+    groups = group_by(runs, lambda run: (run_key(run), run["config"]["batch_size"]))
     summary = []
     for (norm, batch_size), group in sorted(groups.items(), key=lambda g: (PLAIN.index(g[0][0]), g[0][1])):
-        finished = [run for run in group if "diverged" not in run]
-        last = [run["epochs"][-1] for run in finished]
+        last = [run["epochs"][-1] for run in finished(group)]
         entry = {"norm": norm, "batch_size": batch_size, "lr": group[0]["config"]["lr"],
                  "epochs": group[0]["config"]["epochs"], "seeds": [run["config"]["seed"] for run in group]}
         if last:
-            entry["test_acc"] = spread([row["test_acc"] for row in last])
+            entry["test_acc"] = over_seeds([row["test_acc"] for row in last])
         rows = [row for run in group for row in run["epochs"]]
         entry["seconds_per_epoch"] = statistics.mean(row["seconds"] for row in rows) if rows else None
         for key in ("test_acc_batch_stats", "test_acc_precise_stats"):
             if last and all(key in row for row in last):
-                entry[key] = spread([row[key] for row in last])
-        if len(finished) < len(group):
-            entry["diverged"] = [{"seed": r["config"]["seed"], **r["diverged"]} for r in group if "diverged" in r]
+                entry[key] = over_seeds([row[key] for row in last])
+        if len(last) < len(group):
+            entry["diverged"] = diverged_seeds(group)
         summary.append(entry)
     return summary
 
@@ -126,15 +115,15 @@ def summarize_selection(runs):
     for run in runs:
         c = run["config"]
         rule = next(r for r in LR_RULES if math.isclose(peak_lr(c["batch_size"], r), c["lr"]))
-        by_rule.setdefault(rule, {})[f"{norm_key(run)}/{c['batch_size']}"] = run["epochs"][-1]["val_acc"]
+        by_rule.setdefault(rule, {})[f"{run_key(run)}/{c['batch_size']}"] = run["epochs"][-1]["val_acc"]
     summary = [{"rule": rule, "mean_val_acc": statistics.mean(accs.values()), "val_acc": accs}
                for rule, accs in by_rule.items()]
     return sorted(summary, key=lambda s: -s["mean_val_acc"])
 
 
 # ---- tables --------------------------------------------------------------------------------------
-def pm(spread_):
-    return f"{spread_['mean']:.2f} ± {spread_['std']:.2f}"
+def pm(spread):
+    return f"{spread['mean']:.2f} ± {spread['std']:.2f}"
 
 
 def acc_cell(entry):
@@ -190,7 +179,7 @@ def plot_error_band(ax, entries, key, color, style, label, marker="o", fill=True
                     color=color, alpha=0.15 if style == "-" else 0.07)
 
 
-BATCH_SIZE_FIGURE = ("bn", "gn", "ln", "none")  # the GN family (gn2, in) has its own figure: plot_gn_family
+BATCH_SIZE_FIGURE = (*COMPARED, "none")  # GN_FAMILY_ADDED (gn2, in) has its own figure: plot_gn_family
 
 
 def plot_batch_size(sweep, costs=None, equal_steps=None):
@@ -285,7 +274,7 @@ def plot_gn_family(summary):
     import matplotlib.pyplot as plt
     from lab.figures import DPI, plain_log_axis
     entries = {(e["norm"], e["batch_size"]): e for e in summary if "test_acc" in e}
-    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
+    sizes = sorted({b for n, b in entries if n in GN_FAMILY_ADDED})
     if not sizes:
         return None
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=DPI)

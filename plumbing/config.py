@@ -1,13 +1,13 @@
 """Every name and default in one place: the settings of a run (`Config`), the variants compared, run names.
 
-Another normalization is added here (`NORMS`, `VARIANTS`, `PLAIN`) and in model.py (`norm_layer`); the CLI's
-choices, the tables and the figures derive from these. No torch here: a command line parses its
-flags (and answers --help or a bad flag) before torch is imported.
+A new normalization takes a branch in model.py's `norm_layer`, its entry in `VARIANTS` (label, colour) and its
+place in `PLAIN` (the order of tables and figures) here; `NORMS`, the CLI's choices, the tables, the figures and
+the tests parametrized over NORMS follow. No torch here: a command line parses its flags (and answers --help or
+a bad flag) before torch is imported.
 """
 import os
 from dataclasses import asdict, dataclass, fields
 
-NORMS = ("bn", "brn", "gn", "gnws", "ln", "in", "frn", "evo", "none")  # model.norm_layer builds each
 BN_BATCH_NORMS = ("bn", "brn")  # the norms whose training batch Config.bn_batch can slice
 GN_GROUPS = 4  # every width below is a multiple of 4, so 1, 2 and 4 groups all fit
 WIDTHS = (8, 12, 16, 8, 12, 16, 12)  # output channels of the seven normalized convs
@@ -88,13 +88,15 @@ VARIANTS = {
     "frn": Variant("FRN", "tab:olive", {"norm": "frn"}),  # Filter Response Normalization with its TLU
     "evo": Variant("EvoNorm-S0", "tab:cyan", {"norm": "evo"}),
 }
-assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry (label, colour)"
 # the variants without L1, in the order of every table and figure; the experiments' --norms choices
 PLAIN = ("bn", "brn", "gn", "gnws", "ln", "gn2", "in", "frn", "evo", "none")
 assert set(PLAIN) == {key for key in VARIANTS if not key.endswith("_l1")}
+NORMS = tuple(dict.fromkeys(VARIANTS[key].settings["norm"] for key in PLAIN))  # model.norm_layer builds each
+assert set(NORMS) <= set(VARIANTS), "every norm needs a VARIANTS entry of its own name (label, colour)"
 STUDY_VARIANTS = ("gn", "ln", "bn_l1")  # the mission's three; "bn" (no L1) is the control of the shift study
 COMPARED = ("bn", "gn", "ln")  # what the sweep and the LR range run unless --norms says otherwise
 GN_FAMILY = ("ln", "gn2", "gn", "in")  # GroupNorm from 1 group (LN) to one channel per group (IN)
+GN_FAMILY_ADDED = tuple(key for key in GN_FAMILY if key not in COMPARED)  # GN(2), IN: swept at fewer batch sizes
 
 
 def variant_key(config):

@@ -1,4 +1,5 @@
-"""MNIST as tensors on the training device: loading, checks, batched augmentation, batching."""
+"""MNIST as tensors on the training device: loading, checks, batched augmentation (its affine warp also makes the
+test-time rotations, translations and zooms of lab/input_shifts.py), batching."""
 import hashlib
 import math
 import socket
@@ -188,18 +189,25 @@ def load_mnist(root, device, val_split=0, train_subset=0):
     return splits
 
 
+def affine_warp(x, angle=None, offset=None, zoom=1.0, background=0.0):
+    """Rotate each image by `angle` (radians), move it by `offset` (pixels, (N, 2)) and zoom it about its centre, on
+    `background`: one batched grid_sample, the one warp of the training augmentation and of the test-time shifts."""
+    n, _, h, w = x.shape
+    angle = torch.zeros(n, device=x.device) if angle is None else angle
+    offset = torch.zeros(n, 2, device=x.device) if offset is None else offset
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom  # the grid samples the input: 1/zoom makes the digit smaller
+    shift = -offset * 2 / torch.tensor([w, h], device=x.device)  # pixels -> grid units, against the image's move
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
 def random_affine(x, degrees, shift, generator):
     """Rotate each image by U(-degrees, degrees) and shift it by U(-shift, shift) pixels, in one batch."""
-    n, _, h, w = x.shape
-    uniform = torch.rand(n, 3, generator=generator, device=x.device) * 2 - 1  # U(-1, 1)
-    angle = uniform[:, 0] * math.radians(degrees)
-    offset = uniform[:, 1:] * shift * 2 / torch.tensor([w, h], device=x.device)  # pixels -> [-1, 1] units
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1),
-                         torch.stack([sin, cos, offset[:, 1]], 1)], 1)  # (N, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    background = (0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
-    return F.grid_sample(x - background, grid, align_corners=False) + background
+    uniform = torch.rand(len(x), 3, generator=generator, device=x.device) * 2 - 1  # U(-1, 1)
+    black = (0 - MNIST_MEAN) / MNIST_STD  # a black pixel after normalization
+    # -shift: the draws move each image the way the committed runs' augmentation did (bit for bit)
+    return affine_warp(x, uniform[:, 0] * math.radians(degrees), uniform[:, 1:] * -shift, background=black)
 
 
 class DeviceLoader:

@@ -74,7 +74,7 @@ def read_run_folder(run_dir, device="cpu"):
     metrics_path, checkpoint_path = run_dir / "metrics.json", run_dir / "checkpoint.pt"
     try:
         metrics = json.loads(metrics_path.read_text())
-        config = Config(**metrics["config"])
+        config = Config(**metrics["config"])  # not config_from_record: a field this code lacks is refused, not dropped
         done = len(metrics["epochs"])
     except FileNotFoundError:
         if checkpoint_path.exists():

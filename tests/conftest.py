@@ -69,12 +69,12 @@ def real_mnist():
     return REAL_MNIST
 
 
-def run_main(*args, cwd, timeout=None):
+def run_main(*args, cwd):
     """`python main.py ARGS` in `cwd`, offline, but in this process: main.main(ARGS) with sys.argv, the working
     folder and torch's threads as a process the tests start has them; returns a CompletedProcess (exit code, stdout,
     stderr; an uncaught exception's traceback on stderr with exit code 1). No interpreter start-up per call,
     and a Ray started by one call serves the next. `start_main` starts a real process, for what needs one
-    (signals, a lock held by another process); `timeout` is kept for the signature's sake only."""
+    (signals, a lock held by another process)."""
     import contextlib
     import io
     import traceback

@@ -1,12 +1,19 @@
-"""bench.py: its three jobs (the data pipelines, the norms' costs and inference, the runner's speed-up), each
-with its own flags; the round-robin order and the epoch arithmetic."""
+"""bench.py: its jobs (the data pipelines, the norms' costs and inference, the runner's speed-up, the whole command),
+each with its own flags, parsed before torch is imported; the round-robin order and the epoch arithmetic."""
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from conftest import ROOT
 from lab import bench
-from lab.bench import ratios, round_robin, summarize
+from lab.bench import norms
+from lab.bench.pipelines import Spec, flops_per_training_image, make_pipeline, ratios, summarize
+from lab.bench.timing import device_of, round_robin
 from plumbing.config import BATCH_SIZES, NORM_COSTS_FILE
+from test_layers import imports, layer, modules
 
 
 @pytest.mark.parametrize("lever", ["none", "bf16"])
@@ -39,19 +46,21 @@ def test_epoch_ratio_counts_the_test_pass_and_scales_steps_to_an_epoch():
     assert results["ours"]["train_images_per_s"] == pytest.approx(10 * 64 / 2.0)
 
 
-def test_norms_time_every_norm_at_every_batch_size_then_inference(tmp_path):
-    bench.main(["norms", "--device", "cpu", "--rounds", "2", "--cost-images", "8", "--inference-rounds", "2",
+def test_norms_time_every_norm_at_every_batch_size_then_inference(tmp_path, monkeypatch):
+    assert norms.BATCH_SIZES == BATCH_SIZES  # the job's sizes; two of them here (512: half a second a step)
+    monkeypatch.setattr(norms, "BATCH_SIZES", (2, 64))
+    bench.main(["norms", "--device", "cpu", "--rounds", "1", "--cost-images", "8", "--inference-rounds", "1",
                 "--inference-images", "4", "--results", str(tmp_path)])
     results = json.loads((tmp_path / NORM_COSTS_FILE).read_text())["results"]
-    assert set(results) == {"bn", "gn", "ln"}
+    assert list(results) == ["bn", "brn", "gn", "gnws", "ln", "frn", "evo"]  # every norm that trains
     for by_batch in results.values():
-        assert list(by_batch) == [str(b) for b in BATCH_SIZES]
+        assert list(by_batch) == ["2", "64"]
         for cost in by_batch.values():
-            assert len(cost["train_step_s"]) == len(cost["inference_batch_s"]) == 2  # the warm-up round dropped
+            assert len(cost["train_step_s"]) == len(cost["inference_batch_s"]) == 1  # of 2: the warm-up round dropped
             assert cost["train_epoch_s"] > 0 and cost["inference_images_per_s"] > 0
     inference = json.loads((tmp_path / "bench_cpu_inference.json").read_text())
     assert set(inference["results"]) == {"bn", "bn_folded", "gn", "ln"}
-    assert all(len(t["batch_s"]) == 2 for by_batch in inference["results"].values() for t in by_batch.values())
+    assert all(len(t["batch_s"]) == 1 for by_batch in inference["results"].values() for t in by_batch.values())
     assert inference["folded_max_abs_logit_difference"] < 1e-4
 
 
@@ -65,6 +74,36 @@ def test_a_job_refuses_another_jobs_flags(flags, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["norms", *flags])
     assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--help"], *([job, "--help"] for job in bench.JOBS), ["norms", "--steps", "3"], []])
+def test_help_and_bad_flags_are_answered_before_torch_is_imported(flags):
+    code = ("import sys\nfrom lab import bench\ntry:\n    bench.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, 2), e.code\nassert 'torch' not in sys.modules, sorted(sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_an_unset_device_is_settled_by_the_job_and_recorded():
+    args = bench.parse_args(["norms"])
+    assert args.device is None
+    assert device_of(args).type == args.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_brn_trains_in_the_pipelines_given_its_steps(tiny_mnist):
+    pipeline = make_pipeline("model", Spec("cpu", str(tiny_mnist), 32, "brn", "none", 2, 0, "default", 4))
+    pipeline.train_steps(2)  # after the warm-up's 2: all 4 steps of its schedule
+    assert flops_per_training_image(8, "brn") > 0
+
+
+def test_the_bench_package_imports_only_down():
+    """test_layers reads lab/*.py; the package's modules are read here, by the same rules."""
+    package = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in sorted((ROOT / "lab" / "bench").glob("*.py"))}
+    known = {**modules(), **package}
+    upward = [(name, target) for name, path in package.items() for target in imports(path, known)
+              if layer(target) > layer(name)]
+    assert len(package) == 7 and upward == [], upward
 
 
 def test_a_job_must_be_named(capsys):

@@ -9,8 +9,8 @@ import torch
 
 from conftest import ROOT, run_main
 from plumbing.config import Config, run_name
-from plumbing.data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, ensure_mnist, load_mnist, load_mnist_split,
-                  random_affine)
+from plumbing.data import (MNIST_MEAN, MNIST_STD, DataError, DeviceLoader, affine_warp, ensure_mnist, load_mnist,
+                           load_mnist_split, random_affine)
 
 
 # ---- the splits ---------------------------------------------------------------------------------
@@ -77,6 +77,15 @@ def test_augmentation_keeps_background_black_and_moves_pixels():
     assert torch.allclose(out[:, :, :3, :], torch.tensor(black), atol=1e-5)  # no grey border
     assert not torch.allclose(out, x)
     assert torch.allclose(random_affine(x, 0, 0, torch.Generator()), x, atol=1e-5)
+
+
+def test_affine_warp_moves_each_image_by_its_offset_on_the_background():
+    x = torch.full((2, 1, 28, 28), -1.0)
+    x[:, :, 12:16, 12:16] = 1.0
+    moved = affine_warp(x, offset=torch.tensor([[3.0, 0.0], [0.0, -2.0]]), background=-1.0)  # right 3; up 2
+    assert torch.allclose(moved[0, :, 12:16, 15:19], torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(moved[1, :, 10:14, 12:16], torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(moved.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=1e-3)  # the whole square, no grey border
 
 
 # ---- MNIST that can't be loaded: a clear message, and nothing written ----------------------------

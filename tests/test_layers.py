@@ -19,7 +19,7 @@ ROOT_FOLDERS = {"plumbing", "lab", "images", "docs", "results", "tests", ".ci"}
 
 def modules():
     """{dotted name: path} of every module of the repo outside tests/."""
-    paths = [*ROOT.glob("*.py"), *(ROOT / "plumbing").glob("*.py"), *(ROOT / "lab").glob("*.py")]
+    paths = [*ROOT.glob("*.py"), *(ROOT / "plumbing").rglob("*.py"), *(ROOT / "lab").rglob("*.py")]
     return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in paths}
 
 

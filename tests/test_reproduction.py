@@ -9,18 +9,17 @@ numbers: measured, an AMD EPYC run against an Intel Xeon run of the same config 
 in train loss and 0.7 points in test accuracy.
 """
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from contextlib import contextmanager
 
 import pytest
 import torch
 
 from conftest import ROOT
-from plumbing.config import VARIANTS, Config
+from plumbing.config import STUDY_VARIANTS, VARIANTS, config_from_record
 from plumbing.data import DeviceLoader, eval_batch_size, load_mnist, load_mnist_split, to_device
 from lab.runner import load_model
 from plumbing.results import model_path
-from lab.study import STUDY_VARIANTS
 from plumbing.system import fingerprint
 from lab.train import build
 from utils import evaluate, train_epoch
@@ -64,12 +63,12 @@ def first_epoch(config, splits):
 
 def test_first_epoch_of_the_study_reproduces(real_mnist):
     run = first_seed_run("GN")
-    config = Config(**{**run["config"], "data_dir": str(real_mnist), "device": "cpu"})
+    config = replace(config_from_record(run["config"]), data_dir=str(real_mnist), device="cpu")
     splits = load_mnist(real_mnist, CPU)
     with threads_of(run):
         exact = made_here(run)
         if not exact:  # deterministic here: the same training twice (on 4,000 images) agrees bit for bit
-            small = Config(**{**asdict(config), "train_subset": 4000})
+            small = replace(config, train_subset=4000)
             small_splits = load_mnist(real_mnist, CPU, train_subset=4000)
             assert first_epoch(small, small_splits) == first_epoch(small, small_splits)
         got = first_epoch(config, splits)

@@ -2,7 +2,7 @@
 import pytest
 
 from plumbing.config import STUDY_L1, VARIANTS, Config, run_label
-from lab.study import STUDY_VARIANTS, TARGET_ACC, results_file, run_key, study_configs, summarize, summary_table, pairwise_table
+from lab.study import STUDY_VARIANTS, TARGET_ACC, results_file, study_configs, summarize, summary_table, pairwise_table
 
 
 def test_study_configs_are_seed_major_with_the_study_lambda():
@@ -53,11 +53,6 @@ def test_summary_table_one_row_per_variant():
     assert len(lines) == 4 and lines[0].startswith("| variant | params | final test acc, mean +- std |")
     assert lines[2] == "| LN | 7,410 | 99.45 +- 0.00% | 99.45% | 99.45% | 1 | 2 | 99.00% |"
     assert lines[3] == "| BN+L1 | 7,410 | 99.00 +- 0.00% | 99.00% | 99.00% | 1 | - | 99.00% |"
-
-
-def test_run_key_of_a_recorded_run():
-    assert run_key({"config": {"norm": "bn", "l1": STUDY_L1}}) == "bn_l1"
-    assert run_key({"config": {"norm": "ln"}}) == "ln"
 
 
 def test_diverged_runs_are_summarized_apart():

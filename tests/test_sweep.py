@@ -104,7 +104,7 @@ def test_own_lr_without_the_selection_file_says_what_to_run(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as refused:
         sweep.main(["--own-lr"])
-    assert refused.value.code == 2 and "run `python sweep.py --select-lr` first" in capsys.readouterr().err
+    assert refused.value.code == 2 and "run `python -m lab.sweep --select-lr` first" in capsys.readouterr().err
 
 
 def sweep_run(norm, batch_size, seed, acc, seconds=2.0, **extras):
