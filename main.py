@@ -42,7 +42,7 @@ def make_parser():
     add("--val-split", type=int, default=d.val_split, help="training images held out as validation")
     add("--train-subset", type=int, default=d.train_subset, help="train on the first N images (0: all)")
     add("--compile", action="store_true", default=d.compile,
-        help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay, see README)")
+        help="torch.compile the model; the first epoch compiles (on a 2-core CPU it did not pay: BENCHMARKS.md)")
     add("--out", default="runs", help="folder for run folders (metrics.json, checkpoints, model.pt)")
     add("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run")
     add("--overwrite", action="store_true", help="replace an existing run folder of the same name")

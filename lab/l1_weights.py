@@ -10,6 +10,7 @@ the share of |w| below SPARSE_FRACTION of the layer's largest |w|). Only the hea
 no norm follows, is regularized in the usual sense: its norm is reported apart.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import torch
 from plumbing.config import STUDY_L1
 from plumbing.results import over_seeds
 from plumbing.system import save_json
+from lab.sections import read_if_run
 
 SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
 SEEDS = (0, 1, 2)
 RESULTS = "results/l1_weights.json"
+PAGE = "docs/study.md"
 VARIANT_FILES = {"BN": "bn_seed{seed}.pt", "BN+L1": "bn_l1_seed{seed}.pt"}
 
 
@@ -73,6 +76,43 @@ def l1_weights_table(result):
                      f"| {a['near_zero_percent']['mean']:.1f} ± {a['near_zero_percent']['std']:.1f}% "
                      f"| {b['near_zero_percent']['mean']:.1f} ± {b['near_zero_percent']['std']:.1f}% |")
     return "\n".join(lines)
+
+
+def l1_weights_section(results):
+    """The weights table, and in how many layers BN and BN+L1 stay apart over every seed."""
+    l1 = read_if_run(results, "l1_weights.json", "python -m lab.l1_weights")
+    if isinstance(l1, str):
+        return l1
+    bn, with_l1 = l1["layers"]["BN"], l1["layers"]["BN+L1"]
+
+    def apart(layer, key):  # the seeds' min-max ranges do not overlap
+        a, b = bn[layer][key]["values"], with_l1[layer][key]["values"]
+        return max(a) < min(b) or max(b) < min(a)
+    convs = [name for name in bn if name != "head"]
+    return "\n".join([
+        l1_weights_table(l1), "",
+        f"From `results/l1_weights.json` (seeds {', '.join(map(str, l1['seeds']))}, lambda {l1['l1_lambda']:g}): "
+        f"the L2 norm is separated between BN and BN+L1 in {sum(apart(n, 'l2') for n in convs)} of {len(convs)} "
+        f"normalized convs, the near-zero share in {sum(apart(n, 'near_zero_percent') for n in convs)} of "
+        f"{len(convs)}; "
+        f"the head's L2 norm is {'separated' if apart('head', 'l2') else 'not separated'}."])
+
+
+def l1_sweep_section(results):
+    """The lambdas tried for BN+L1, chosen on the validation split (the test accuracy only reported)."""
+    runs = sorted((json.loads(p.read_text()) for p in (Path(results) / "l1_sweep").glob("*.json")),
+                  key=lambda m: m["config"]["l1"])
+    lines = ["| L1 lambda | validation acc, last epoch | validation loss | test acc (reported only) |",
+             "|---:|---:|---:|---:|"]
+    for m in runs:
+        last = m["epochs"][-1]
+        lines.append(f"| {m['config']['l1']:g} | {last['val_acc']:.2f}% | {last['val_loss']:.4f} "
+                     f"| {last['test_acc']:.2f}% |")
+    return "\n".join(lines)
+
+
+# block name -> the function that writes it
+SECTIONS = {"L1_WEIGHTS": l1_weights_section, "L1_SWEEP": l1_sweep_section}
 
 
 def main(argv=None):

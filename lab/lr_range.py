@@ -17,12 +17,14 @@ from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args
 from plumbing.config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS,
                              Config, default_data_dir)
 from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
+from lab.sections import machines, read, seeds_line
 # torch (runner) and matplotlib (plots) are imported where runs train and the figure is drawn
 
 SEEDS, EPOCHS = EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS
 LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)}
 USABLE = 1.5  # an LR is usable when no seed diverged and the mean test error is within 1.5x the norm's best
 RESULTS = f"{RESULTS_DIR}/lr_range.json"
+PAGE = "docs/learning_rate.md"
 
 
 def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=COMPARED, lrs=None):
@@ -91,6 +93,22 @@ def cell(entry):
     if entry["diverged"]:
         text += f" ({len(entry['diverged'])} of {len(entry['seeds'])} diverged)"
     return text.strip() + (" ✓" if entry["usable"] else "")
+
+
+def lr_range_section(results):
+    """The LR range's table, and how many runs, seeds and machines stand behind it."""
+    lr = read(results, "lr_range.json")
+    runs, first = lr["runs"], lr["runs"][0]
+    diverged = sum("diverged" in run for run in runs)
+    return "\n".join([
+        lr_range_table(lr["summary"]), "",
+        f"From `results/lr_range.json`: {len(runs)} runs of {first['config']['epochs']} epochs at batch "
+        f"{first['config']['batch_size']} ({seeds_line(runs)}; mean ± std over seeds; {diverged} diverged), "
+        f"device `{first['device']}`, torch {first['torch']}, {first['threads']} torch thread per run, on "
+        f"{machines(runs)}. ✓: usable, a mean test error within 1.5x of that norm's best."])
+
+
+SECTIONS = {"LR_RANGE": lr_range_section}  # block name -> the function that writes it
 
 
 # ---- the learning-rate range -----------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 
 EPS = 1e-5
 FIGURE = "images/norm_groups.png"
+PAGE = "README.md"
 # the worked example's words for what each normalization averages over, for x of shape (N, C, H, W)
 AXES = {
     "BN": "each channel, over (N, H, W): 4, channels 0-3, shared by both images",
@@ -76,6 +77,14 @@ def markdown():
     for name, (out, mean, var) in worked_example().items():
         lines.append(f"| **{name}** | {AXES[name]} | {fmt(mean)} | {fmt(var)} | {fmt(out[0, 0])} | {fmt(out[1, 1])} |")
     return "\n".join(lines)
+
+
+def norm_example_section(results):
+    """The README's worked example: computed here, so it reads no results file."""
+    return markdown()
+
+
+SECTIONS = {"NORM_EXAMPLE": norm_example_section}  # block name -> the function that writes it
 
 
 def shared_stats_mask(name, n, c, hw, groups=2):

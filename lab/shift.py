@@ -21,6 +21,7 @@ from pathlib import Path
 from plumbing.cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
 from plumbing.config import IMAGES_DIR, RESULTS_DIR, STUDY_VARIANTS, VARIANTS
 from plumbing.results import group_by, model_path, over_seeds, run_key
+from lab.sections import read
 
 
 def make_parser():
@@ -49,7 +50,8 @@ from lab.bn_stats import evaluate_adapted, evaluate_with_batch_statistics, has_b
 from plumbing.data import (DataError, DeviceLoader, default_data_dir, ensure_mnist, ensure_mnist_on_this_node,  # noqa: E402
                   eval_batch_size, load_mnist_split, normalize)
 from lab.input_shifts import LEVELS, SHIFTS, shifted  # noqa: E402
-from lab.runner import load_model, map_tasks, net_with_weights  # noqa: E402
+from lab.engine import map_tasks  # noqa: E402
+from lab.runner import load_model, net_with_weights  # noqa: E402
 from lab.study import results_file  # noqa: E402
 from plumbing.system import WriteError, cpu_name, save_json  # noqa: E402
 from utils import evaluate  # noqa: E402
@@ -59,6 +61,8 @@ from lab.figures import DPI, plain_log_axis, save_figures  # noqa: E402
 STUDIES = (STUDY_VARIANTS, ("bn",))  # the results files whose models are evaluated
 BN_MODES = ("running", "test_batch", "adapted")
 TEST_BATCH = 64  # the training batch size: BN's test-batch statistics come from batches this large
+RESULTS_FILE = "shift.json"  # in the results folder
+PAGE = "docs/test_time.md"
 CPU = torch.device("cpu")
 
 
@@ -134,6 +138,21 @@ def shift_table(summary):
     return "\n".join(lines)
 
 
+def shift_section(results):
+    """The shift table, and how many models and seeds stand behind each cell."""
+    shift = read(results, RESULTS_FILE)
+    rows = shift["results"]
+    models = {(r["variant"], r["seed"]) for r in rows}
+    return "\n".join([
+        shift_table(shift["summary"]), "",
+        f"From `results/shift.json`: {len(models)} models (the study's and BN's, {len(models) // 4} seeds each) "
+        f"on the 10,000 test images under every shift; test accuracy %, mean ± std over seeds; {shift['cpu']}, "
+        f"torch {shift['torch']}, {shift['threads']} torch thread."])
+
+
+SECTIONS = {"SHIFT": shift_section}  # block name -> the function that writes it
+
+
 def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
     """Evaluate every saved model under every condition; write results/shift.json and both figures."""
     began = time.perf_counter()
@@ -153,7 +172,7 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
         raise RuntimeError(f"{len(failures)} of {len(tasks)} evaluations failed, e.g. " + "; ".join(failures[:2]))
     rows.sort(key=lambda r: (conditions().index((r["shift"], r["severity"])), list(VARIANTS).index(r["variant"]),
                              r["seed"], BN_MODES.index(r["bn_stats"]) if r["bn_stats"] else 0))
-    path = Path(results_dir) / "shift.json"
+    path = Path(results_dir) / RESULTS_FILE
     save_json({"summary": summarize(rows), "results": rows, "device": "cpu", "cpu": cpu_name(), "threads": 1,
                "torch": torch.__version__, "workers": workers, "seconds": time.perf_counter() - began}, path)
     return [path, *redraw_shift(path, images_dir, data_dir)]
@@ -224,7 +243,7 @@ def plot_shift_examples(images, index=0):
 
 def redraw(results_dir, images_dir, data_dir):
     """The shift study's figures from results_dir/shift.json; returns their paths ([] without the file)."""
-    path = Path(results_dir) / "shift.json"
+    path = Path(results_dir) / RESULTS_FILE
     return redraw_shift(path, images_dir, data_dir) if path.exists() else []
 
 

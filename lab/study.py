@@ -1,8 +1,10 @@
-"""The study: GN, LN and BN+L1 at one recipe over several seeds; its configs, its summary and its table.
+"""The study: GN, LN and BN+L1 at one recipe over several seeds; its configs, its summary, its tables and its
+report sections.
 
 `runner.run_configs` trains the runs and records them in RESULTS/study.json, with each run's final
-weights in RESULTS/models/; `plots.study_figures` draws the figures from those files.
+weights in RESULTS/models/; `figures.study_figures` draws the figures from those files.
 """
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import numpy as np
 from plumbing.config import STUDY_VARIANTS, VARIANTS, Engine
 from plumbing.results import by_variant, diverged_seeds, finished, over_seeds, run_key
 from lab.runner import run_configs
+from lab.sections import hardware_line, machines, read, read_if_run, seeds_line, where_line
 from plumbing.stats import ALPHA, POWER, welch
 
 TARGET_ACC = 99.4  # percent; the accuracy goal the summary tracks
+PAGE = "docs/study.md"  # its sections on runs of other variants (no norm, the GN family) are on docs/gn_family.md
 
 
 def study_configs(base, seeds, variants=STUDY_VARIANTS, l1=None):
@@ -113,6 +117,74 @@ def pairwise_table(summary):
         lines.append(f"| {p['a']} - {p['b']} | {seeds} | {p['difference']:+.3f} | {p['low']:+.3f} to {p['high']:+.3f} "
                      f"| {'yes' if p['separated'] else 'no'} | {'yes' if p['corrected'] else 'no'} | {p['detectable']:.3f} |")
     return "\n".join(lines)
+
+
+# ---- report sections: results/study*.json in the docs -------------------------------------------------------
+def study_section(results):
+    study = read(results, "study.json")
+    first = study["runs"][0]
+    seconds = {label: s["mean_seconds_per_epoch"] for label, s in study["summary"].items()}
+    return "\n".join([
+        summary_table(study["summary"]), "",
+        f"From `results/study.json`: {len(study['runs'])} runs of {len(first['epochs'])} epochs "
+        f"({seeds_line(study['runs'])}), "
+        f"{where_line(study['runs'])}; "
+        f"mean seconds per epoch (train + test, two runs sharing the 2 cores) "
+        + ", ".join(f"{label} {s:.1f}" for label, s in seconds.items()) + ".",
+    ])
+
+
+def seeds_section(results):
+    """The study's pairwise differences over every seed it holds, and where the seeds were trained."""
+    study = read(results, "study.json")
+    runs, summary = study["runs"], study["summary"]
+    fingerprints = {json.dumps(run.get("fingerprint"), sort_keys=True) for run in runs if "fingerprint" in run}
+    unprinted = sum("fingerprint" not in run for run in runs)
+    where = f"{machines(runs)}" + (f"; {len(fingerprints)} distinct fingerprint(s) among the runs that record one, "
+                                   f"{unprinted} runs from before fingerprints" if fingerprints else "")
+    pairs = pairwise(summary)
+    widest = max((p["detectable"] for p in pairs), default=float("nan"))
+    return "\n".join([
+        pairwise_table(summary), "",
+        f"From `results/study.json`: {len(runs)} runs ({seeds_line(runs)}); trained on {where}. "
+        f"{sum(p['separated'] for p in pairs)} of {len(pairs)} pairs have a {100 * (1 - ALPHA):.0f}% interval that "
+        f"excludes 0 ({sum(p['corrected'] for p in pairs)} after a Bonferroni correction for {len(pairs)} "
+        f"comparisons); these seeds could detect a true difference of about {widest:.2f} points or more "
+        f"(the largest of the pairs' detectable differences)."])
+
+
+def no_norm_section(results):
+    """No normalization at the study's recipe, in one table with the study's variants."""
+    none = read_if_run(results, "study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")
+    if isinstance(none, str):
+        return none
+    study = read(results, "study.json")["summary"]
+    return "\n".join([
+        summary_table({**none["summary"], **study}), "",
+        f"From `results/study_none.json` ({len(none['runs'])} runs, {seeds_line(none['runs'])}, "
+        f"{hardware_line(none['runs'][0])}) and `results/study.json` (every seed it holds)."])
+
+
+def gn_family_study_section(results):
+    """GN(2) and IN at the study's recipe, in one table (and the pairwise Welch table) with LN and GN."""
+    family = read_if_run(results, "study_gn2_in.json", "python main.py --norm all --variants gn2 in --seeds 0 1 2")
+    if isinstance(family, str):
+        return family
+    study = read(results, "study.json")["summary"]
+    by_groups = {label: summary[label] for label, summary in
+                 (("LN", study), ("GN(2)", family["summary"]), ("GN", study), ("IN", family["summary"]))
+                 if label in summary}
+    runs = family["runs"]
+    return "\n".join([
+        summary_table(by_groups), "", pairwise_table(by_groups), "",
+        f"From `results/study_gn2_in.json` ({len(runs)} runs, {seeds_line(runs)}, {where_line(runs)}) and "
+        f"`results/study.json` (LN and GN, every seed it holds); in the order of the groups: 1 (LN), 2, 4 (GN), one "
+        f"channel per group (IN)."])
+
+
+# block name -> the function that writes it
+SECTIONS = {"RESULTS": study_section, "SEEDS": seeds_section, "NO_NORM": no_norm_section,
+            "GN_FAMILY_STUDY": gn_family_study_section}
 
 
 def redraw(results_dir, images_dir, data_dir):

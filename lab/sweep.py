@@ -20,9 +20,10 @@ from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
 from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, GN_FAMILY,
-                             GN_FAMILY_ADDED, NORM_COSTS_FILE, PLAIN, RESULTS_DIR, VARIANTS, Config, default_data_dir,
-                             variant_key)
+                             GN_FAMILY_ADDED, NORM_COSTS_FILE, PLAIN, RESULTS_DIR, TRAIN_IMAGES, VARIANTS, Config,
+                             default_data_dir, variant_key)
 from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
+from lab.sections import hardware_line, read, read_if_run, seeds_line, where_line
 # torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
 # tables and summaries need neither, and --help or a bad flag is answered before them
 
@@ -35,6 +36,7 @@ SELECTION_BATCH_SIZES, SELECTION_VAL_SPLIT = (512, 4), 10_000
 EQUAL_STEPS_BATCH_SIZES = (128, 256, 512)  # trained for as many steps as batch 64 took in EPOCHS epochs
 RESULTS = {name: f"{RESULTS_DIR}/batch_size_{file}.json" for name, file in
            [("sweep", "sweep"), ("equal_steps", "equal_steps"), ("select_lr", "lr_rule"), ("own_lr", "own_lr")]}
+PAGE = "docs/batch_size.md"  # the GN family's table, from the same sweep, is on docs/gn_family.md
 
 
 def peak_lr(batch_size, rule=LR_RULE):
@@ -160,6 +162,94 @@ def lr_rule_table(summary):
         lines.append(f"| {s['rule']} | " + " | ".join(f"{s['val_acc'][p]:.2f}%" for p in points)
                      + f" | {s['mean_val_acc']:.2f}% |")
     return "\n".join(lines)
+
+
+# ---- report sections: results/batch_size_*.json in the docs -------------------------------------------
+def batch_size_section(results):
+    """The sweep of BN, GN and LN (the norms added later, at fewer batch sizes, are on the GN-family page)."""
+    sweep = read(results, "batch_size_sweep.json")
+    runs = [run for run in sweep["runs"] if run_key(run) in COMPARED]
+    first = runs[0]
+    return "\n".join([
+        batch_size_table([e for e in sweep["summary"] if e["norm"] in COMPARED]), "",
+        f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
+        f"({seeds_line(runs)}; mean ± std over seeds), {hardware_line(first)} per run; "
+        f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
+        f"testing in all, two or three runs at a time on the 2-core machine."])
+
+
+def lr_rule_section(results):
+    return lr_rule_table(read(results, "batch_size_lr_rule.json")["summary"])
+
+
+def equal_steps_section(results):
+    equal = read_if_run(results, "batch_size_equal_steps.json", "python -m lab.sweep --equal-steps")
+    if isinstance(equal, str):
+        return equal
+    return "\n".join([batch_size_table(equal["summary"]), "",
+                      f"From `results/batch_size_equal_steps.json`: {equal_steps_line(equal)}."])
+
+
+def own_lr_section(results):
+    own = read_if_run(results, "batch_size_own_lr.json", "python -m lab.sweep --own-lr")
+    if isinstance(own, str):
+        return own
+    rules = read(results, "batch_size_lr_rule.json")["summary"]
+    chosen = sorted({(e["norm"], e["batch_size"]) for e in own["summary"]})
+    return "\n".join([
+        batch_size_table(own["summary"]), "",
+        "From `results/batch_size_own_lr.json`: "
+        + ", ".join(f"{n.upper()} with the '{best_rules(rules, b)[n]}' rule (its best at batch {b})" for n, b in chosen)
+        + f" in `results/batch_size_lr_rule.json`; {equal_steps_line(own)}."])
+
+
+def equal_steps_line(results_file):
+    """Runs, seeds and spread, steps and hardware of an equal-steps results file."""
+    runs, summary = results_file["runs"], results_file["summary"]
+    counts = {len(e["seeds"]) for e in summary}
+    spread = f"mean ± std over {counts.pop()} seeds" if len(counts) == 1 else (
+        "mean ± std over the seeds each point has: "
+        + ", ".join(f"{e['norm'].upper()} at {e['batch_size']}: {len(e['seeds'])}" for e in summary)
+        + "; a point with one seed shows ± 0.00")
+    return (f"{len(runs)} runs ({seeds_line(runs)}; {spread}), each for about the steps of {EPOCHS} epochs at "
+            f"batch {BASE_BATCH} ({steps_line(runs)}), {hardware_line(runs[0])} per run")
+
+
+def steps_line(runs, train_images=TRAIN_IMAGES):
+    """The optimizer steps of these runs: full batches per epoch (the last partial one is dropped) x epochs."""
+    def steps(c):
+        images = min(train_images - c["val_split"], c["train_subset"] or train_images)
+        return c["epochs"] * (images // c["batch_size"])
+    points = sorted({(r["config"]["batch_size"], steps(r["config"])) for r in runs})
+    return (", ".join(f"{s:,} at {b}" for b, s in points)
+            + f" against {EPOCHS * (train_images // BASE_BATCH):,} at {BASE_BATCH}")
+
+
+GROUPS = {"ln": "1 group", "gn2": "2 groups", "gn": "4 groups", "in": "1 channel per group"}
+
+
+def gn_family_section(results):
+    """Test accuracy against the number of groups (LN 1, GN(2) 2, GN 4, IN one per channel) at each batch size."""
+    sweep = read_if_run(results, "batch_size_sweep.json", "python -m lab.sweep")
+    entries = {} if isinstance(sweep, str) else {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
+    sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
+    if not sizes:
+        return ("Not run yet: `python -m lab.sweep --norms gn2 in --batch-sizes 2 8 64 512` adds them to "
+                "`results/batch_size_sweep.json`.")
+    lines = ["| batch | epochs | " + " | ".join(f"{VARIANTS[n].label} ({GROUPS[n]})" for n in GN_FAMILY) + " |",
+             "|---:|---:|" + "---:|" * len(GN_FAMILY)]
+    for b in sizes:
+        lines.append(f"| {b} | {entries[('gn2', b)]['epochs'] if ('gn2', b) in entries else '-'} | "
+                     + " | ".join(acc_cell(entries.get((n, b))) for n in GN_FAMILY) + " |")
+    runs = [run for run in sweep["runs"] if run_key(run) in GN_FAMILY_ADDED]
+    return "\n".join(lines + ["", f"Test accuracy %, mean ± std over seeds, from `results/batch_size_sweep.json` "
+                               f"(the sweep's recipe: 3 epochs, peak LR 0.01). GN(2) and IN: {len(runs)} runs "
+                               f"({seeds_line(runs)}), {where_line(runs)}; LN and GN are the sweep's own runs."])
+
+
+# block name -> the function that writes it
+SECTIONS = {"BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "EQUAL_STEPS": equal_steps_section,
+            "OWN_LR": own_lr_section, "GN_FAMILY": gn_family_section}
 
 
 # ---- the batch-size sweep ------------------------------------------------------------------

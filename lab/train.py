@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import Net, count_parameters, set_total_steps
+from model import Net, count_parameters
+from plumbing.layers import set_total_steps
 from plumbing.config import DEVICES, SGD_MOMENTUM, run_label
 from plumbing.data import DeviceLoader, eval_batch_size
 from plumbing.run_folder import checkpoint_state, resume

@@ -6,7 +6,8 @@ import torch
 from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d, StdConv2d
 from torch import nn
 
-from model import NORMS, WITH_ACTIVATION, BatchRenorm2d, Net, count_parameters, norm_layer, set_total_steps
+from model import NORMS, WITH_ACTIVATION, Net, count_parameters, norm_layer
+from plumbing.layers import BatchRenorm2d, set_total_steps
 
 LAYER_TYPE = {"bn": nn.BatchNorm2d, "brn": BatchRenorm2d, "gn": nn.GroupNorm, "gnws": nn.GroupNorm,
               "ln": nn.GroupNorm, "in": nn.GroupNorm, "frn": FilterResponseNormTlu2d, "evo": EvoNorm2dS0,

@@ -8,13 +8,13 @@ import torch
 from timm.layers import StdConv2d
 from torch import nn
 
-import model as model_module
+from plumbing import layers as model_module
 from lab.bn_stats import folded, has_batch_norm, with_recomputed_statistics
 from conftest import ROOT
 from plumbing.config import Config
 from plumbing.data import load_mnist
-from model import (BRN_D_MAX, BRN_R_MAX, WS_EPS, BatchRenorm2d, GhostBatchNorm2d, Net, count_parameters,
-                   set_total_steps)
+from model import WS_EPS, Net, count_parameters
+from plumbing.layers import BRN_D_MAX, BRN_R_MAX, BatchRenorm2d, GhostBatchNorm2d, set_total_steps
 from lab.train import build, fit
 from utils import l1_weights
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from lab import report
+from lab import bench_report, experiments, l1_weights, report, sections, shift, study, sweep
 from conftest import ROOT
 
 RESULTS = ROOT / "results"
@@ -54,9 +54,9 @@ def test_write_reads_the_results_folder_beside_the_docs(tmp_path):
 def test_steps_line_counts_full_batches_only():
     runs = [{"config": {"batch_size": b, "epochs": e, "val_split": 0, "train_subset": 0}}
             for b, e in ((128, 6), (512, 24))]
-    assert report.steps_line(runs) == "2,808 at 128, 2,808 at 512 against 2,811 at 64"  # 468 x 6, 117 x 24; 937 x 3
+    assert sweep.steps_line(runs) == "2,808 at 128, 2,808 at 512 against 2,811 at 64"  # 468 x 6, 117 x 24; 937 x 3
     held_out = [{"config": {"batch_size": 100, "epochs": 2, "val_split": 10_000, "train_subset": 0}}]
-    assert report.steps_line(held_out).startswith("1,000 at 100")
+    assert sweep.steps_line(held_out).startswith("1,000 at 100")
 
 
 # the generated blocks the README held before it was split into pages: each lives on some page now
@@ -69,6 +69,17 @@ def test_no_generated_block_was_lost():
     found = doc_blocks()
     assert set(BLOCKS_OF_THE_OLD_README + BLOCKS_OF_BENCHMARKS) <= set(found)
     assert all(found[name][0] == "BENCHMARKS.md" for name in BLOCKS_OF_BENCHMARKS)
+
+
+def test_no_block_has_two_writers():
+    owners = [{"MODEL"}, set(bench_report.SECTIONS), *(set(e.SECTIONS) for e in experiments.EXPERIMENTS)]
+    assert sum(map(len, owners)) == len(report.SECTIONS)  # a block claimed twice: one writer would hide the other
+
+
+@pytest.mark.parametrize("experiment", experiments.EXPERIMENTS, ids=lambda e: e.__name__)
+def test_each_experiments_page_is_rewritten_and_holds_its_blocks(experiment):
+    assert experiment.PAGE in report.DOCS
+    assert set(experiment.SECTIONS) & set(report.blocks((ROOT / experiment.PAGE).read_text())), experiment.PAGE
 
 
 def test_the_readme_is_short_and_begins_each_assignment_item_in_its_first_half():
@@ -121,11 +132,10 @@ def study_record(label, norm, seed, acc, cpu="Some CPU", **extra):
 
 
 def test_seeds_section_by_hand(tmp_path):
-    from lab.study import summarize
     runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.6, 99.7])]
     runs += [study_record("LN", "ln", s, a, cpu="Other CPU", fingerprint={"x": 1}) for s, a in enumerate([99.2, 99.3, 99.4])]
-    write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
-    text = report.seeds_section(tmp_path)
+    write(tmp_path, "study.json", {"summary": study.summarize(runs), "runs": runs})
+    text = study.seeds_section(tmp_path)
     # difference 0.3, se 0.0816, df 4: t 2.776 -> 0.073 to 0.527; detectable (2.776 + 0.941) x 0.0816 = 0.304
     assert "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | yes | 0.304 |" in text
     assert "6 runs (seeds 0, 1, 2); trained on Some CPU (3 runs), Other CPU (3 runs); 1 distinct fingerprint(s)" in text
@@ -139,7 +149,7 @@ def test_l1_weights_section_by_hand(tmp_path):
     write(tmp_path, "l1_weights.json", {"seeds": [0, 1, 2], "l1_lambda": 1e-5, "sparse_fraction": 0.01, "layers": {
         "BN": {"features.0.0": layer([6.0, 6.1, 6.2], 3.0), "head": layer([14.0, 14.1, 14.2], 1.0)},
         "BN+L1": {"features.0.0": layer([5.0, 5.1, 5.2], 9.0), "head": layer([14.1, 14.2, 14.3], 1.0)}}})
-    text = report.l1_weights_section(tmp_path)
+    text = l1_weights.l1_weights_section(tmp_path)
     assert "| conv 1 | 72 | 6.10 ± 0.10 | 5.10 ± 0.10 | 0.84 | 3.0 ± 0.0% | 9.0 ± 0.0% |" in text
     assert "separated between BN and BN+L1 in 1 of 1 normalized convs, the near-zero share in 1 of 1" in text
     assert text.endswith("the head's L2 norm is not separated.")  # 14.0-14.2 against 14.1-14.3 overlap
@@ -148,12 +158,12 @@ def test_l1_weights_section_by_hand(tmp_path):
 def test_gn_family_section_by_hand(tmp_path):
     entry = lambda norm, b, acc: {"norm": norm, "batch_size": b, "epochs": 3, "seeds": [0, 1],  # noqa: E731
                                   "test_acc": {"mean": acc, "std": 0.05, "min": acc - 0.05, "max": acc + 0.05}}
-    assert report.gn_family_section(tmp_path).startswith("Not run yet")  # no sweep file at all
+    assert sweep.gn_family_section(tmp_path).startswith("Not run yet")  # no sweep file at all
     runs = [{"config": {"norm": "gn", "gn_groups": 2, "seed": 0, "batch_size": 8}, "device": "cpu", "torch": "2.0",
              "cpu": "Some CPU", "threads": 1}]
     write(tmp_path, "batch_size_sweep.json", {"summary": [entry("ln", 8, 99.1), entry("gn2", 8, 99.2), entry("gn", 8, 99.3),
                                                           entry("gn", 64, 99.0)], "runs": runs})
-    lines = report.gn_family_section(tmp_path).splitlines()
+    lines = sweep.gn_family_section(tmp_path).splitlines()
     assert lines[0] == "| batch | epochs | LN (1 group) | GN(2) (2 groups) | GN (4 groups) | IN (1 channel per group) |"
     assert lines[2] == "| 8 | 3 | 99.10 ± 0.05 | 99.20 ± 0.05 | 99.30 ± 0.05 | - |"  # only where GN(2) or IN ran
     assert len(lines) == 5 and "GN(2) and IN: 1 runs (seeds 0)" in lines[4]
@@ -167,8 +177,8 @@ def test_model_section_counts_every_parameter():
 
 def test_machines_keeps_two_cpus_of_one_name_apart_by_family():
     amd = lambda fms=None: {"cpu": "AMD EPYC", **({"fingerprint": {"family_model_stepping": fms}} if fms else {})}  # noqa: E731
-    assert report.machines([amd(), amd()]) == "AMD EPYC"
-    assert report.machines([amd(), amd("26/2/1"), amd("26/2/1")]) == \
+    assert sections.machines([amd(), amd()]) == "AMD EPYC"
+    assert sections.machines([amd(), amd("26/2/1"), amd("26/2/1")]) == \
         "AMD EPYC (1 runs), AMD EPYC, family/model 26/2 (2 runs)"
 
 
@@ -178,20 +188,19 @@ def test_command_section_by_hand(tmp_path):
         "commit": "abc1234", "median_wall_s": {"1": 150.0, "2": 90.0}, "speedup": 150.0 / 90.0,
         "wall_s": {"1": [150.0], "2": [90.0]}, "epoch_seconds_sum": {"1": [140.0], "2": [150.0]},
         "same_accuracies": True, "hardware": {"processor": "Some CPU", "cpu_count": 2, "torch": "2.0"}})
-    text = report.command_section(tmp_path)
+    text = bench_report.command_section(tmp_path)
     assert ("| `python main.py --norm all --seeds 0 1 2 --epochs 1 --train-subset 20000 --workers W` | abc1234 | "
             "150.0 | 90.0 | **1.67x** | 140 / 150 | yes |") in text
     assert "median of 1 round(s)" in text and "Some CPU with 2 cores" in text
-    assert report.command_section(tmp_path / "none").startswith("Not run yet")
+    assert bench_report.command_section(tmp_path / "none").startswith("Not run yet")
 
 
 def test_study_section_by_hand(tmp_path):
-    from lab.study import summarize
     runs = [study_record("GN", "gn", s, a) for s, a in enumerate([99.5, 99.7])]
     runs += [study_record("LN", "ln", 0, 99.0, cpu="Other CPU")]
     runs[2]["epochs"][0]["seconds"] = 30.0
-    write(tmp_path, "study.json", {"summary": summarize(runs), "runs": runs})
-    text = report.study_section(tmp_path)
+    write(tmp_path, "study.json", {"summary": study.summarize(runs), "runs": runs})
+    text = study.study_section(tmp_path)
     assert "| GN | 7,410 | 99.60 +- 0.14% | 99.50% | 99.70% | 2 |" in text  # std of 99.5, 99.7: 0.141
     assert ("3 runs of 1 epochs (seeds 0, 1), device `cpu`, torch 2.0, 1 torch thread per run, on Some CPU (2 runs), "
             "Other CPU (1 runs); mean seconds per epoch (train + test, two runs sharing the 2 cores) GN 10.0, LN 30.0.") in text
@@ -204,7 +213,7 @@ def test_compile_section_by_hand(tmp_path):
                                               "epochs": epochs([98.0, 99.5, 99.4], [60.0, 10.0, 12.0])})
     write(tmp_path, "study_x.json", {"runs": [{"config": {**config, "seed": 1}, "epochs": []},
                                               {"config": config, "epochs": epochs([97.0, 99.0, 99.2], [20.0, 11.0, 13.0])}]})
-    lines = report.compile_section(tmp_path, "study_x.json").splitlines()
+    lines = bench_report.compile_section(tmp_path, "study_x.json").splitlines()
     assert lines[2] == "| plain (in `results/study_x.json`) | 99.20% | 99.20% | 20.0 | 12.0 |"  # seed 0, not seed 1
     assert lines[3] == "| `--compile` | 99.40% | 99.50% | 60.0 | 11.0 |"  # best epoch 2; median of 10 and 12
 
@@ -217,7 +226,7 @@ def test_batch_size_section_leaves_the_gn_family_out_and_adds_the_hours(tmp_path
                           "test_acc": {"mean": 99.0, "std": 0.0, "min": 99.0, "max": 99.0}}
     write(tmp_path, "batch_size_sweep.json", {"summary": [entry("bn"), entry("gn2"), entry("none")],
                                               "runs": [run("bn"), run("gn", 2), run("none")]})
-    text = report.batch_size_section(tmp_path)
+    text = sweep.batch_size_section(tmp_path)
     assert "GN(2)" not in text and "no norm" not in text
     assert "1 runs of 3 epochs (seeds 0; mean ± std over seeds), device `cpu`, torch 2.0 per run; 1.5 hours" in text
 
@@ -231,7 +240,7 @@ def test_levers_section_sorts_bn_first_and_gives_each_runs_range(tmp_path):
     write(tmp_path, "bench_cpu_bf16.json", bench("bn", "bf16", [0.9, 1.0, 0.8]))
     write(tmp_path, "bench_cpu.json", bench("bn", "none", [1.4, 1.5, 1.6]))
     write(tmp_path, "bench_cpu_norms.json", {"results": {}})  # not a pipelines file: left out
-    lines = report.levers_section(tmp_path).splitlines()[2:]
+    lines = bench_report.levers_section(tmp_path).splitlines()[2:]
     assert lines == ["| BN | none | 10.00 | 9.00 | 14.00 | 1.50 | 1.40-1.60 |",
                      "| BN | bf16 | 10.00 | 9.00 | 14.00 | 0.90 | 0.80-1.00 |",
                      "| GN | none | 10.00 | 9.00 | 14.00 | 1.20 | 1.10-1.30 |"]
@@ -240,19 +249,18 @@ def test_levers_section_sorts_bn_first_and_gives_each_runs_range(tmp_path):
 def test_shift_section_counts_models_and_seeds(tmp_path, monkeypatch):
     rows = [{"variant": v, "seed": s} for v in ("GN", "LN", "BN+L1", "BN") for s in (0, 1)] * 3  # 3 shifts each
     write(tmp_path, "shift.json", {"results": rows, "summary": [], "cpu": "Some CPU", "torch": "2.0", "threads": 1})
-    monkeypatch.setattr(report, "shift_table", lambda summary: "TABLE")  # shift_table has its own tests
-    text = report.shift_section(tmp_path)
+    monkeypatch.setattr(shift, "shift_table", lambda summary: "TABLE")  # shift_table has its own tests
+    text = shift.shift_section(tmp_path)
     assert text.endswith("8 models (the study's and BN's, 2 seeds each) on the 10,000 test images under every shift; "
                          "test accuracy %, mean ± std over seeds; Some CPU, torch 2.0, 1 torch thread.")
 
 
 def test_gn_family_study_section_orders_the_rows_by_groups(tmp_path):
-    from lab.study import summarize
-    assert report.gn_family_study_section(tmp_path).startswith("Not run yet")
-    study = [study_record(label, norm, s, a) for label, norm in (("GN", "gn"), ("LN", "ln")) for s, a in enumerate([99.5, 99.6])]
+    assert study.gn_family_study_section(tmp_path).startswith("Not run yet")
+    runs = [study_record(label, norm, s, a) for label, norm in (("GN", "gn"), ("LN", "ln")) for s, a in enumerate([99.5, 99.6])]
     family = [study_record(label, norm, s, a) for label, norm in (("IN", "in"), ("GN(2)", "gn")) for s, a in enumerate([99.1, 99.3])]
-    write(tmp_path, "study.json", {"summary": summarize(study), "runs": study})
-    write(tmp_path, "study_gn2_in.json", {"summary": summarize(family), "runs": family})
-    lines = report.gn_family_study_section(tmp_path).splitlines()
+    write(tmp_path, "study.json", {"summary": study.summarize(runs), "runs": runs})
+    write(tmp_path, "study_gn2_in.json", {"summary": study.summarize(family), "runs": family})
+    lines = study.gn_family_study_section(tmp_path).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:6]] == ["| LN", "| GN(2)", "| GN", "| IN"]
     assert "Bonferroni for 6 pairs" in lines[7] and "4 runs, seeds 0, 1, device `cpu`" in lines[-1]

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lab import runner
+from lab import engine, runner
 from conftest import OFFLINE, ROOT, start_main, wait_until
 from plumbing.config import Config, Engine, config_from_record, run_name
-from lab.runner import RunsFailed, map_tasks, placement, run_configs, task_resources
+from lab.engine import map_tasks, placement, task_resources
+from lab.runner import RunsFailed, run_configs
 from lab.study import summarize
 
 
@@ -51,7 +52,7 @@ def test_forked_workers_give_the_records_and_weights_of_one_process(tiny_mnist, 
 
 
 def test_spawned_workers_give_the_records_of_one_process(tiny_mnist, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "fork_is_safe", lambda: False)  # as on macOS or Windows
+    monkeypatch.setattr(engine, "fork_is_safe", lambda: False)  # as on macOS or Windows
     check_workers_1_and_2_agree(tiny_mnist, tmp_path, "spawned")
 
 
@@ -82,11 +83,11 @@ def check_workers_1_and_2_agree(tiny_mnist, tmp_path, place, address=None):
     records, lines = {}, []
     for workers in (1, 2):
         folder = tmp_path / f"w{workers}"
-        engine = Engine(str(folder / "runs"), workers, address if workers == 2 else None)
-        run_configs(configs(tiny_mnist), folder / "r.json", summarize, engine, models_dir=folder / "models",
+        where = Engine(str(folder / "runs"), workers, address if workers == 2 else None)
+        run_configs(configs(tiny_mnist), folder / "r.json", summarize, where, models_dir=folder / "models",
                     log=lines.append)
         records[workers] = json.loads((folder / "r.json").read_text())["runs"]
-    assert any(line.endswith(f"2 to go ({runner.PLACES[place]})") for line in lines), lines
+    assert any(line.endswith(f"2 to go ({engine.PLACES[place]})") for line in lines), lines
     assert without_seconds(records[1]) == without_seconds(records[2])
     assert all(run["threads"] == 1 and "data_dir" not in run["config"] for run in records[1])
     for config in configs(tiny_mnist):
@@ -124,13 +125,13 @@ def test_where_tasks_run(monkeypatch):
     assert placement(1) == "here" and placement(2) == "forked"
     assert placement(2, on_gpu=True) == "here"  # a GPU on one machine: one run after another, no Ray, no fork
     assert placement(1, "auto") == "ray" and placement(2, "127.0.0.1:6379", on_gpu=True) == "ray"  # only a cluster
-    monkeypatch.setattr(runner, "fork_is_safe", lambda: False)
+    monkeypatch.setattr(engine, "fork_is_safe", lambda: False)
     assert placement(2) == "spawned"
 
 
 def test_a_gpu_without_an_address_never_reaches_ray(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "trains_on_gpu", lambda device: True)  # a GPU runtime (the runs still use the CPU)
-    monkeypatch.setattr(runner, "start_ray", lambda address: pytest.fail("Ray was started"))
+    monkeypatch.setattr(engine, "start_ray", lambda address: pytest.fail("Ray was started"))
     lines = []
     run_configs(configs(tiny_mnist), tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs"), 2), log=lines.append)
     assert lines[0].endswith("2 to go (in this process)"), lines
@@ -139,7 +140,7 @@ def test_a_gpu_without_an_address_never_reaches_ray(tiny_mnist, tmp_path, monkey
 def test_address_without_ray_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(ValueError, match="pip install -r requirements-cluster.txt"):
-        runner.start_ray("127.0.0.1:6379")
+        engine.start_ray("127.0.0.1:6379")
 
 
 def test_ray_workers_give_the_records_and_weights_of_one_process(tiny_mnist, tmp_path, local_ray):
@@ -273,20 +274,20 @@ class FakeRay:
 
 
 def test_gpu_shares_follow_the_clusters_gpus_not_the_drivers(monkeypatch):
-    monkeypatch.setattr(runner, "start_ray", lambda address: FakeRay({"CPU": 8.0, "GPU": 2.0}))
-    assert runner.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0.25}  # a CPU-only driver
-    assert runner.cluster_resources("cuda", 0.5, "auto") == {"num_cpus": 1, "num_gpus": 0.5}
-    assert runner.cluster_resources("cpu", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
-    monkeypatch.setattr(runner, "start_ray", lambda address: FakeRay({"CPU": 8.0}))
-    assert runner.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    monkeypatch.setattr(engine, "start_ray", lambda address: FakeRay({"CPU": 8.0, "GPU": 2.0}))
+    assert engine.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0.25}  # a CPU-only driver
+    assert engine.cluster_resources("cuda", 0.5, "auto") == {"num_cpus": 1, "num_gpus": 0.5}
+    assert engine.cluster_resources("cpu", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
+    monkeypatch.setattr(engine, "start_ray", lambda address: FakeRay({"CPU": 8.0}))
+    assert engine.cluster_resources("auto", None, "auto") == {"num_cpus": 1, "num_gpus": 0}
     with pytest.raises(ValueError, match="the Ray cluster at auto has no GPU"):
-        runner.cluster_resources("cuda", None, "auto")
+        engine.cluster_resources("cuda", None, "auto")
 
 
 def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
     for folder in ("data", "runs", "results", ".git", ".venv"):
-        assert folder in runner.NOT_SHIPPED
-    assert runner.REPO == ROOT and (runner.REPO / "lab" / "runner.py").exists()
+        assert folder in engine.NOT_SHIPPED
+    assert engine.REPO == ROOT and (engine.REPO / "lab" / "runner.py").exists()
 
 
 def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from model import Net, set_total_steps
+from model import Net
+from plumbing.layers import set_total_steps
 from plumbing.system import cpu_name, keep_freed_memory, save_json
 
 

@@ -1,0 +1,50 @@
+"""What the report sections share: reading a results file, and saying where and with which seeds its runs were made.
+
+Each experiment's sections live in its module (its SECTIONS) and the speed sections in bench_report.py; this module
+imports none of them, so they can all import it without a cycle through report.py.
+"""
+import json
+from pathlib import Path
+
+
+def read(results, name):
+    """The results file `name` in the folder `results`, parsed."""
+    return json.loads((Path(results) / name).read_text())
+
+
+def read_if_run(results, name, command):
+    """The results file `name`, or the line that says which command writes it."""
+    if not (Path(results) / name).exists():
+        return f"Not run yet: `{command}` writes `results/{name}`."
+    return read(results, name)
+
+
+def hardware_line(metrics):
+    """Where a run was made: device, torch, and (recorded since the CPU mattered) CPU and torch threads."""
+    where = f"device `{metrics['device']}`, torch {metrics['torch']}"
+    if "cpu" in metrics:
+        where += f", {metrics['cpu']}, {metrics['threads']} torch thread(s)"
+    return where
+
+
+def machines(runs):
+    """'AMD EPYC' or 'AMD EPYC (9 runs), Intel(R) Xeon(R) Processor, family/model 6/207 (15 runs)': where the runs
+    were made; a run with a fingerprint names its CPU family and model, so two CPUs of one name stay apart."""
+    counts = {}
+    for run in runs:
+        cpu = run.get("cpu", "an unrecorded CPU")
+        family_model = run.get("fingerprint", {}).get("family_model_stepping", "").rsplit("/", 1)[0]
+        where = f"{cpu}, family/model {family_model}" if family_model else cpu
+        counts[where] = counts.get(where, 0) + 1
+    return counts.popitem()[0] if len(counts) == 1 else ", ".join(f"{c} ({n} runs)" for c, n in counts.items())
+
+
+def where_line(runs):
+    """'device `cpu`, torch 2.14.1, 1 torch thread per run, on AMD EPYC': where a results file's runs trained."""
+    return f"device `{runs[0]['device']}`, torch {runs[0]['torch']}, 1 torch thread per run, on {machines(runs)}"
+
+
+def seeds_line(runs):
+    """'seeds 0, 1, 2': the seeds of these runs, each once, so a reader can tell which seeds a number averages."""
+    seeds = sorted({r["config"]["seed"] for r in runs})
+    return f"seeds {', '.join(map(str, seeds))}"
