@@ -1,7 +1,7 @@
 """The loops a student expects: the L1 penalty, one epoch of training, evaluation.
 
 A whole run (seeding, loaders, the optimizer and its schedule, checkpoints, resume) is lab/train.py's `fit`; this
-file imports nothing of the repo but the model's module.
+file imports nothing of the repo: the model comes in as an argument.
 """
 import torch
 import torch.nn as nn
