@@ -52,8 +52,15 @@ def execute_a_copy(folder, data_dir, monkeypatch, **parameters):
     return copy, json.loads((folder / "out.ipynb").read_text())["cells"]
 
 
-def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(tiny_mnist, tmp_path, monkeypatch):
-    copy, outputs = execute_a_copy(tmp_path, tiny_mnist, monkeypatch, SWEEP_RERUN=True)
+@pytest.fixture(scope="module")
+def smoke_run(tiny_mnist, tmp_path_factory):
+    """One smoke run of the notebook in one worker (the kernel), shared by the tests that read it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return execute_a_copy(tmp_path_factory.mktemp("w1"), tiny_mnist, monkeypatch, SWEEP_RERUN=True, WORKERS=1)
+
+
+def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(smoke_run):
+    copy, outputs = smoke_run
     check_figures(copy / "runs" / "smoke" / "images")
     shown = [o for c in outputs if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
     assert len(shown) >= 8  # the norms' groups, both graphs, the train/test panel, three grids, the sweep, ...
@@ -61,17 +68,18 @@ def test_a_smoke_run_from_the_repo_leaves_every_committed_file_as_it_was(tiny_mn
     assert [(e["norm"], e["batch_size"]) for e in small["summary"]][:3] == [("bn", 8), ("bn", 64), ("bn", 512)]
 
 
-def test_two_workers_forked_from_the_kernel_give_the_numbers_of_one(tiny_mnist, tmp_path, monkeypatch):
+def test_two_workers_forked_from_the_kernel_give_the_numbers_of_one(smoke_run, tiny_mnist, tmp_path, monkeypatch):
+    runs = {1: smoke_run, 2: execute_a_copy(tmp_path, tiny_mnist, monkeypatch, WORKERS=2)}
     studies = {}
-    for workers in (1, 2):
-        copy, outputs = execute_a_copy(tmp_path / f"w{workers}", tiny_mnist, monkeypatch, WORKERS=workers)
+    for workers, (copy, outputs) in runs.items():
         training = next(c for c in outputs if "".join(c["source"]).startswith("# The three variants"))
         text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                        for o in training["outputs"])
         assert f"3 to go (in {'this process' if workers == 1 else 'forked processes'})" in text, text
         assert text.count("epoch  1/1") == 3 and text.count("done: ") == 3, text  # every run's epoch reached the kernel
-        runs = json.loads((copy / "runs" / "smoke" / "study.json").read_text())["runs"]
-        studies[workers] = [[{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]] for run in runs]
+        recorded = json.loads((copy / "runs" / "smoke" / "study.json").read_text())["runs"]
+        studies[workers] = [[{k: v for k, v in row.items() if k != "seconds"} for row in run["epochs"]]
+                            for run in recorded]
     assert studies[1] == studies[2]
 
 
