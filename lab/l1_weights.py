@@ -19,7 +19,7 @@ import torch
 from plumbing.config import STUDY_L1
 from plumbing.results import over_seeds
 from plumbing.system import save_json
-from lab.sections import read_if_run
+from lab.sections import needs
 
 SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
 SEEDS = (0, 1, 2)
@@ -78,11 +78,9 @@ def l1_weights_table(result):
     return "\n".join(lines)
 
 
-def l1_weights_section(results):
+@needs("l1_weights.json", "python -m lab.l1_weights")
+def l1_weights_section(results, l1):
     """The weights table, and in how many layers BN and BN+L1 stay apart over every seed."""
-    l1 = read_if_run(results, "l1_weights.json", "python -m lab.l1_weights")
-    if isinstance(l1, str):
-        return l1
     bn, with_l1 = l1["layers"]["BN"], l1["layers"]["BN+L1"]
 
     def apart(layer, key):  # the seeds' min-max ranges do not overlap

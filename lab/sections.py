@@ -3,6 +3,7 @@
 Each experiment's sections live in its module (its SECTIONS) and the speed sections in bench_report.py; this module
 imports none of them, so they can all import it without a cycle through report.py.
 """
+import functools
 import json
 from pathlib import Path
 
@@ -12,11 +13,17 @@ def read(results, name):
     return json.loads((Path(results) / name).read_text())
 
 
-def read_if_run(results, name, command):
-    """The results file `name`, or the line that says which command writes it."""
-    if not (Path(results) / name).exists():
-        return f"Not run yet: `{command}` writes `results/{name}`."
-    return read(results, name)
+def needs(name, command):
+    """A section that reads the results file `name`: called as section(results, that file), or, without the file,
+    the line that says which command writes it."""
+    def wrap(section):
+        @functools.wraps(section)
+        def run(results):
+            if not (Path(results) / name).exists():
+                return f"Not run yet: `{command}` writes `results/{name}`."
+            return section(results, read(results, name))
+        return run
+    return wrap
 
 
 def hardware_line(metrics):

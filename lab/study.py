@@ -13,7 +13,7 @@ import numpy as np
 from plumbing.config import STUDY_VARIANTS, VARIANTS, Engine
 from plumbing.results import by_variant, diverged_seeds, finished, over_seeds, run_key
 from lab.runner import run_configs
-from lab.sections import hardware_line, machines, read, read_if_run, seeds_line, where_line
+from lab.sections import hardware_line, machines, needs, read, seeds_line, where_line
 from plumbing.stats import ALPHA, POWER, welch
 
 TARGET_ACC = 99.4  # percent; the accuracy goal the summary tracks
@@ -153,11 +153,9 @@ def seeds_section(results):
         f"(the largest of the pairs' detectable differences)."])
 
 
-def no_norm_section(results):
+@needs("study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")
+def no_norm_section(results, none):
     """No normalization at the study's recipe, in one table with the study's variants."""
-    none = read_if_run(results, "study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")
-    if isinstance(none, str):
-        return none
     study = read(results, "study.json")["summary"]
     return "\n".join([
         summary_table({**none["summary"], **study}), "",
@@ -165,11 +163,9 @@ def no_norm_section(results):
         f"{hardware_line(none['runs'][0])}) and `results/study.json` (every seed it holds)."])
 
 
-def gn_family_study_section(results):
+@needs("study_gn2_in.json", "python main.py --norm all --variants gn2 in --seeds 0 1 2")
+def gn_family_study_section(results, family):
     """GN(2) and IN at the study's recipe, in one table (and the pairwise Welch table) with LN and GN."""
-    family = read_if_run(results, "study_gn2_in.json", "python main.py --norm all --variants gn2 in --seeds 0 1 2")
-    if isinstance(family, str):
-        return family
     study = read(results, "study.json")["summary"]
     by_groups = {label: summary[label] for label, summary in
                  (("LN", study), ("GN(2)", family["summary"]), ("GN", study), ("IN", family["summary"]))

@@ -23,7 +23,7 @@ from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS,
                              GN_FAMILY_ADDED, NORM_COSTS_FILE, PLAIN, RESULTS_DIR, TRAIN_IMAGES, VARIANTS, Config,
                              default_data_dir, variant_key)
 from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
-from lab.sections import hardware_line, read, read_if_run, seeds_line, where_line
+from lab.sections import hardware_line, needs, read, seeds_line, where_line
 # torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
 # tables and summaries need neither, and --help or a bad flag is answered before them
 
@@ -182,18 +182,14 @@ def lr_rule_section(results):
     return lr_rule_table(read(results, "batch_size_lr_rule.json")["summary"])
 
 
-def equal_steps_section(results):
-    equal = read_if_run(results, "batch_size_equal_steps.json", "python -m lab.sweep --equal-steps")
-    if isinstance(equal, str):
-        return equal
+@needs("batch_size_equal_steps.json", "python -m lab.sweep --equal-steps")
+def equal_steps_section(results, equal):
     return "\n".join([batch_size_table(equal["summary"]), "",
                       f"From `results/batch_size_equal_steps.json`: {equal_steps_line(equal)}."])
 
 
-def own_lr_section(results):
-    own = read_if_run(results, "batch_size_own_lr.json", "python -m lab.sweep --own-lr")
-    if isinstance(own, str):
-        return own
+@needs("batch_size_own_lr.json", "python -m lab.sweep --own-lr")
+def own_lr_section(results, own):
     rules = read(results, "batch_size_lr_rule.json")["summary"]
     chosen = sorted({(e["norm"], e["batch_size"]) for e in own["summary"]})
     return "\n".join([
@@ -230,8 +226,9 @@ GROUPS = {"ln": "1 group", "gn2": "2 groups", "gn": "4 groups", "in": "1 channel
 
 def gn_family_section(results):
     """Test accuracy against the number of groups (LN 1, GN(2) 2, GN 4, IN one per channel) at each batch size."""
-    sweep = read_if_run(results, "batch_size_sweep.json", "python -m lab.sweep")
-    entries = {} if isinstance(sweep, str) else {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
+    found = (Path(results) / "batch_size_sweep.json").exists()
+    sweep = read(results, "batch_size_sweep.json") if found else {"summary": [], "runs": []}
+    entries = {(e["norm"], e["batch_size"]): e for e in sweep["summary"]}
     sizes = sorted({b for n, b in entries if n in ("gn2", "in")})
     if not sizes:
         return ("Not run yet: `python -m lab.sweep --norms gn2 in --batch-sizes 2 8 64 512` adds them to "
