@@ -58,14 +58,44 @@ POINTS = {
 KEEPS_WEIGHTS = ("recipe",)
 SELECTION_SEEDS = {"lr_select_sgd": 3, "lr_select_adam": 3}  # choosing an LR needs 3 seeds, not the 6 of a verdict
 assert all(c.bn_batch == 0 or c.norm in BN_BATCH_NORMS for configs in POINTS.values() for c in configs)
+# point -> the selection point whose validation accuracy chooses each norm's LR; its configs exist once that
+# selection has all its seeds (chosen_lrs), and it trains then on the full training set for the test number
+CHOSEN = {"sgd_chosen": "lr_select_sgd", "adam_chosen": "lr_select_adam"}
+ALL_POINTS = (*POINTS, *CHOSEN)
 
 
 def results_file(point, folder=GUIDE_DIR):
     return Path(folder) / f"{point}.json"
 
 
-def seed_configs(point, seed, data_dir, device):
-    return [replace(c, seed=seed, data_dir=data_dir, device=device) for c in POINTS[point]]
+def chosen_lrs(selection, results=GUIDE_DIR):
+    """{norm: the LR of the best mean validation accuracy} of a selection point over its SELECTION_SEEDS, an LR
+    with a diverged seed never chosen; None until every run of those seeds is recorded."""
+    from plumbing.results import find_run, load_results
+    runs = load_results(results_file(selection, results))["runs"]
+    accuracies = {}
+    for config in POINTS[selection]:
+        found = [find_run(runs, replace(config, seed=seed)) for seed in range(SELECTION_SEEDS[selection])]
+        if None in found:
+            return None
+        if not any("diverged" in run for run in found):
+            accuracies.setdefault(config.norm, {})[config.lr] = sum(r["epochs"][-1]["val_acc"] for r in found)
+    return {norm: max(by_lr, key=by_lr.get) for norm, by_lr in accuracies.items()}
+
+
+def point_configs(point, results=GUIDE_DIR):
+    """A point's configs for seed 0; for a CHOSEN point each norm at its chosen LR on the full training set
+    ([] while its selection is not complete)."""
+    if point in POINTS:
+        return POINTS[point]
+    selection = CHOSEN[point]
+    lrs = chosen_lrs(selection, results) or {}
+    configs = {c.norm: replace(c, val_split=0) for c in POINTS[selection] if c.lr == lrs.get(c.norm)}
+    return [configs[norm] for norm in dict.fromkeys(c.norm for c in POINTS[selection]) if norm in configs]
+
+
+def seed_configs(point, seed, data_dir, device, results=GUIDE_DIR):
+    return [replace(c, seed=seed, data_dir=data_dir, device=device) for c in point_configs(point, results)]
 
 
 def variant_name(config):
@@ -111,30 +141,40 @@ def unpair_a_split_seed(path, configs, here):
 def run_guide(points, seeds, data_dir, device, results=GUIDE_DIR, engine=Engine(), log=print):
     """Seed by seed, every point's variants of that seed (trained together, on this machine), each run recorded
     in results/<point>.json as it finishes."""
-    from lab.runner import run_configs
     from plumbing.system import fingerprint
     here = fingerprint(threads=1)
     for seed in seeds:
         for point in (p for p in points if seed < SELECTION_SEEDS.get(p, len(SEEDS))):
-            path, configs = results_file(point, results), seed_configs(point, seed, data_dir, device)
-            moved = unpair_a_split_seed(path, configs, here)
-            if moved:
-                log(f"{point} seed {seed}: {moved} run(s) came from another machine and the seed was not complete; "
-                    f"moved to {path.stem}_unpaired.json, training the whole seed here")
-            models = Path(results) / "models" if point in KEEPS_WEIGHTS else None
-            run_configs(configs, path, summarize, engine, models_dir=models, order=run_order(point), log=log)
+            # a chosen LR exists only once its selection's seeds are in: then the seeds before this one catch up
+            for each in ([s for s in seeds if s <= seed] if point in CHOSEN else [seed]):
+                configs = seed_configs(point, each, data_dir, device, results)
+                if configs:
+                    train_seed(point, configs, results, here, engine, log)
 
 
-def run_order(point):
+def train_seed(point, configs, results, here, engine, log):
+    """One seed's variants of a point, together on this machine (fingerprint `here`)."""
+    from lab.runner import run_configs
+    path = results_file(point, results)
+    moved = unpair_a_split_seed(path, configs, here)
+    if moved:
+        log(f"{point} seed {configs[0].seed}: {moved} run(s) came from another machine and the seed was not "
+            f"complete; moved to {path.stem}_unpaired.json, training the whole seed here")
+    models = Path(results) / "models" if point in KEEPS_WEIGHTS else None
+    run_configs(configs, path, summarize, engine, models_dir=models, order=run_order(point, results), log=log)
+
+
+def run_order(point, results=GUIDE_DIR):
     """The order of a point's results file: seed, then the point's own order of variants."""
-    position = {variant_name(c): i for i, c in enumerate(POINTS[point])}
+    position = {variant_name(c): i for i, c in enumerate(point_configs(point, results))}
     return lambda run: (run["config"]["seed"], position.get(variant_name(config_from_record(run["config"])), 0))
 
 
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS), help="guide points to train")
+    p.add_argument("--points", nargs="+", default=list(ALL_POINTS), choices=list(ALL_POINTS),
+                   help="guide points to train (a *_chosen point waits for its selection's seeds)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run per variant each")
     p.add_argument("--list", action="store_true", help="list the points and their variants; train nothing")
     add_data_and_device_flags(p)
@@ -149,7 +189,10 @@ def main(argv=None):
     check_engine_args(make_parser(), args)
     if args.list:
         for point in args.points:
-            print(f"{point}: " + ", ".join(variant_name(c) for c in POINTS[point]))
+            configs = point_configs(point, args.results)
+            print(f"{point}: " + (", ".join(variant_name(c) for c in configs) if configs else
+                                  f"each norm at its LR chosen by {CHOSEN.get(point)}, once that has "
+                                  f"{SELECTION_SEEDS.get(CHOSEN.get(point))} seeds"))
         return 0
     from lab.runner import run_command
     data_dir = args.data_dir or default_data_dir()

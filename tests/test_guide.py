@@ -70,3 +70,40 @@ def test_list_trains_nothing(capsys):
 def test_bad_points_are_refused():
     with pytest.raises(SystemExit):
         guide.main(["--points", "nowhere"])
+
+
+def selection_runs(val_acc, seeds=(0, 1, 2), diverged=()):
+    """Records of lr_select_sgd: val_acc(norm, lr, seed) for each; (norm, lr, seed) in `diverged` diverged."""
+    runs = []
+    for seed in seeds:
+        for c in guide.POINTS["lr_select_sgd"]:
+            run = record(replace(c, seed=seed), 0.0, {"cpu": "A"})
+            run["epochs"][-1]["val_acc"] = val_acc(c.norm, c.lr, seed)
+            if (c.norm, c.lr, seed) in diverged:
+                run["diverged"] = {"epoch": 1}
+            runs.append(run)
+    return {"summary": None, "runs": runs}
+
+
+def test_the_chosen_lr_is_the_best_mean_on_validation_and_never_one_that_diverged(tmp_path):
+    best = {"bn": 0.3, "gn": 0.1, "ln": 0.03}
+    val_acc = lambda norm, lr, seed: 99.0 - abs(lr - best[norm]) + (0.5 if (norm, lr, seed) == ("gn", 1.0, 0) else 0)
+    save_json(selection_runs(val_acc, seeds=(0, 1)), tmp_path / "lr_select_sgd.json")
+    assert guide.chosen_lrs("lr_select_sgd", tmp_path) is None  # 2 of 3 seeds: nothing chosen yet
+    assert guide.point_configs("sgd_chosen", tmp_path) == []
+    save_json(selection_runs(val_acc, diverged={("bn", 0.3, 2)}), tmp_path / "lr_select_sgd.json")
+    assert guide.chosen_lrs("lr_select_sgd", tmp_path) == {"bn": 0.1, "gn": 0.1, "ln": 0.03}  # BN's 0.3 diverged once
+    chosen = guide.point_configs("sgd_chosen", tmp_path)
+    assert [(c.norm, c.lr, c.optimizer, c.val_split) for c in chosen] == [("bn", 0.1, "sgd", 0), ("gn", 0.1, "sgd", 0),
+                                                                         ("ln", 0.03, "sgd", 0)]
+
+
+def test_a_chosen_point_waits_for_its_selection_then_catches_up_the_seeds_before(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(guide, "train_seed", lambda point, configs, *rest: trained.append((point, configs[0].seed)))
+    monkeypatch.setattr("plumbing.system.fingerprint", lambda threads: {"cpu": "A"})
+    guide.run_guide(["sgd_chosen"], [0, 1, 2], "data", "cpu", tmp_path)
+    assert trained == []  # no selection yet: nothing to train
+    save_json(selection_runs(lambda norm, lr, seed: 99.0 - lr), tmp_path / "lr_select_sgd.json")
+    guide.run_guide(["batch_8", "sgd_chosen"], [0, 1], "data", "cpu", tmp_path)
+    assert trained == [("batch_8", 0), ("sgd_chosen", 0), ("batch_8", 1), ("sgd_chosen", 0), ("sgd_chosen", 1)]

@@ -1,0 +1,60 @@
+"""guide_report.py: the protocol's paired intervals per guide point, from the records of results/guide/."""
+from dataclasses import replace
+
+from lab import guide, guide_report
+from plumbing.config import Config
+from plumbing.system import save_json
+from plumbing.stats import paired
+
+
+def record(config, seed, test_acc, machine="A", diverged=False):
+    run = {"variant": "X", "config": {**vars(replace(config, seed=seed)), "data_dir": None}, "fingerprint": {"cpu": machine},
+           "epochs": [{"epoch": 3, "test_acc": test_acc, "val_acc": test_acc, "seconds": 1.0}]}
+    return {**run, "diverged": {"epoch": 2}} if diverged else run
+
+
+def test_only_seeds_finished_on_one_machine_pair():
+    a, b = Config(norm="gn"), Config(norm="bn")
+    runs_a = [record(a, 0, 99.0), record(a, 1, 99.1, machine="B"), record(a, 2, 99.2, diverged=True), record(a, 3, 99.3)]
+    runs_b = [record(b, 0, 98.0), record(b, 1, 98.1), record(b, 2, 98.2), record(b, 4, 98.4)]
+    pairs, left_out = guide_report.paired_seeds(runs_a, runs_b)
+    assert pairs == {0: (99.0, 98.0)}
+    assert left_out == ["seed 1 on two machines", "seed 2 diverged"]
+
+
+def test_a_verdict_needs_six_paired_seeds_and_the_family_adjusted_interval():
+    a, b = Config(norm="gn"), Config(norm="bn")
+    gains = [0.10, 0.12, 0.08, 0.11, 0.09, 0.10]
+    runs = {guide.variant_name(a): [record(a, s, 99.0 + g) for s, g in enumerate(gains)],
+            guide.variant_name(b): [record(b, s, 99.0) for s in range(6)]}
+    row = guide_report.comparison_row(a, b, runs, family=6)
+    interval = paired([99.0 + g for g in gains], [99.0] * 6, family=6)
+    assert f"{interval['low']:+.2f} to {interval['high']:+.2f}" in row and "**separated**" in row
+    few = {name: group[:3] for name, group in runs.items()}
+    assert "none yet: 3 of 6 seeds" in guide_report.comparison_row(a, b, few, family=6)
+    noisy = {**runs, guide.variant_name(a): [record(a, s, 99.0 + g) for s, g in enumerate([0.3, -0.2, 0.1, -0.3, 0.2, 0])]}
+    assert "not told apart (would detect" in guide_report.comparison_row(a, b, noisy, family=6)
+
+
+def test_each_point_reports_its_comparisons_in_families():
+    families = {point: guide_report.families(point, configs) for point, configs in guide.POINTS.items()}
+    named = lambda fams: [[f"{guide_report.label(x)} - {guide_report.label(y)}" for x, y in pairs] for _, pairs in fams]
+    assert named(families["batch_2"])[0][:2] == ["BN - GN", "LN - GN"] and len(named(families["batch_2"])[0]) == 6
+    assert named(families["batch_64"])[1] == [f"BN over slices of {k} - BN" for k in (2, 4, 8, 16)]
+    assert named(families["recipe"]) == [["no norm - GN", "GN(2) - GN", "IN - GN", "BN - GN"]]
+    assert [title for title, _ in families["adam_lr"]] == ["Adam 0.0003", "Adam 0.3"]
+    assert "BN - BN at Adam 0.05" in named(families["batch_512_equal_steps"])[0]
+
+
+def test_the_sections_read_a_guide_folder(tmp_path):
+    (tmp_path / "guide").mkdir()
+    configs = guide.POINTS["recipe"]
+    save_json({"summary": None, "runs": [record(c, s, 99.0 + 0.1 * s * (c.norm == "none")) for s in range(2)
+                                         for c in configs]},
+              tmp_path / "guide" / "recipe.json")
+    text = guide_report.guide_points_section(tmp_path)
+    assert "- **recipe**: 10 runs, seeds 0, 1" in text and "- **batch_2**: no runs yet." in text
+    interval = paired([99.0, 99.1], [99.0, 99.0], family=4)  # four comparisons with GN(4) at the recipe
+    assert (f"| no norm − GN | 2 | 99.05 | 99.00 | +0.05 | {interval['low']:+.2f} to {interval['high']:+.2f} | "
+            "none yet: 2 of 6 seeds |") in text
+    assert "| BN | " in guide_report.chosen_lr_section(tmp_path) and "not yet" in guide_report.chosen_lr_section(tmp_path)
