@@ -188,7 +188,7 @@ def test_a_run_killed_half_way_resumes_from_its_checkpoint(tiny_mnist, tmp_path)
     assert not (tmp_path / "cut.json").exists(), "the run ended before it was killed: nothing to resume"
     lines = []
     resumed = run_configs([config], tmp_path / "cut.json", summarize, Engine(str(tmp_path / "cut")), log=lines.append)
-    assert any(f"holds" in line and "of 8 epochs; continuing" in line for line in lines), lines
+    assert any("holds" in line and "of 8 epochs; continuing" in line for line in lines), lines
     assert without_seconds(resumed) == without_seconds(whole)
 
 
@@ -199,9 +199,10 @@ def test_resources_ask_for_a_gpu_share_only_when_training_on_a_gpu():
     assert task_resources("cuda", 0.5, cuda_visible=True) == {"num_cpus": 1, "num_gpus": 0.5}
 
 
-# A two-node Ray cluster on loopback (the head and one more node, one CPU each) and a scenario run against it in
-# a process of its own (this test process has its own embedded Ray): the driver joins by address, so the code
-# travels to the workers as Ray's runtime_env, as it would to another machine.
+# A two-node Ray cluster on loopback (the head and one more node, one CPU each) and a sweep joined to it by
+# --address, in a process of its own (this test process has its own embedded Ray), so the code travels to the
+# workers as Ray's runtime_env, as it would to another machine. While the sweep runs, the worker of its first run is
+# killed once that run's first epoch is saved, and then the second node is removed once it has recorded a run.
 CLUSTER = """
 import json, os, signal, sys, threading, time
 from pathlib import Path
@@ -210,12 +211,8 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_
                                                         "include_dashboard": False})
 other = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 import ray
-from plumbing.config import Config, Engine
-from lab.runner import run_configs
-from lab.study import summarize
-scenario, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-configs = [Config(norm=norm, epochs=4, seed=seed, device="cpu", data_dir=data)
-           for seed, norm in enumerate(["gn", "ln", "bn", "gn"])]
+from lab import sweep
+data, out = sys.argv[1], Path(sys.argv[2])
 
 def wait_for(condition, what, timeout=120):
     end = time.time() + timeout
@@ -233,34 +230,26 @@ def first_epoch_done(name):
     return path.exists() and json.loads(path.read_text())["epochs"]
 
 def act():
-    if scenario == "kill":  # the worker training gn_e4_seed0, killed once its first epoch is saved
-        wait_for(lambda: first_epoch_done("gn_e4_seed0"), "the first run's first epoch")
-        pid = int((out / "runs" / "gn_e4_seed0" / ".lock").read_text())  # the run's lock holds its worker's pid
-        os.kill(pid, signal.SIGKILL)
-        print("killed", pid, flush=True)
-    if scenario == "remove":  # the second node, once it has recorded a run and while runs are still going
-        wait_for(lambda: any(r.get("ray_node") == other.node_id for r in recorded()), "a run recorded by node 2")
-        cluster.remove_node(other)
-        print("removed node 2", flush=True)
+    wait_for(lambda: first_epoch_done("gn_e4_seed0"), "the first run's first epoch")
+    pid = int((out / "runs" / "gn_e4_seed0" / ".lock").read_text())  # the run's lock holds its worker's pid
+    os.kill(pid, signal.SIGKILL)
+    print("killed", pid, flush=True)
+    wait_for(lambda: any(r.get("ray_node") == other.node_id for r in recorded()), "a run recorded by node 2")
+    cluster.remove_node(other)
+    print("removed node 2", flush=True)
 
-ray.init(address=cluster.address)  # the runner joins this cluster (start_ray sees it initialized)
+ray.init(address=cluster.address)  # the sweep joins this cluster (start_ray sees it initialized)
 actor = threading.Thread(target=act, daemon=True)
 actor.start()
-runs = run_configs(configs, out / "r.json", summarize, Engine(str(out / "runs"), address=cluster.address), log=lambda line: None)
+code = sweep.main(["--batch-sizes", "64", "--seeds", "0", "1", "--epochs", "4", "--norms", "gn", "ln",
+                   "--device", "cpu", "--data-dir", data, "--out", str(out / "runs"), "--results", str(out / "r.json"),
+                   "--images", str(out), "--address", cluster.address])
 actor.join(timeout=60)
-print(json.dumps({"runs": [[r["variant"], r["config"]["seed"], r.get("ray_node")] for r in recorded()],
+print(json.dumps({"code": code, "runs": [[r["variant"], r["config"]["seed"], r.get("ray_node")] for r in recorded()],
                   "head": cluster.head_node.node_id, "other": other.node_id}))
 ray.shutdown()
 cluster.shutdown()
 """
-
-
-def cluster_scenario(scenario, data, out):
-    pytest.importorskip("ray")
-    result = subprocess.run([sys.executable, "-c", CLUSTER, scenario, str(data), str(out)], cwd=ROOT,
-                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout.splitlines(), json.loads(result.stdout.splitlines()[-1])
 
 
 class FakeRay:
@@ -290,36 +279,17 @@ def test_the_code_travels_to_a_cluster_without_data_runs_or_results():
     assert engine.REPO == ROOT and (engine.REPO / "lab" / "runner.py").exists()
 
 
-def test_a_two_node_cluster_is_joined_by_address(tiny_mnist, tmp_path):
+def test_a_sweep_on_a_two_node_cluster_survives_a_killed_worker_and_a_removed_node(tiny_mnist, tmp_path):
     pytest.importorskip("ray")
-    args = ["--batch-sizes", "16", "--seeds", "0", "--epochs", "1", "--norms", "gn", "ln", "--device", "cpu",
-            "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"),
-            "--images", str(tmp_path)]
-    script = ("import sys\nfrom ray.cluster_utils import Cluster\n"
-              "cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 1, 'node_ip_address': '127.0.0.1', "
-              "'include_dashboard': False})\ncluster.add_node(num_cpus=1, node_ip_address='127.0.0.1')\n"
-              "import ray\nfrom lab import sweep\ncode = sweep.main(sys.argv[1:] + ['--address', cluster.address])\n"
-              "ray.shutdown()\ncluster.shutdown()\nsys.exit(code)\n")
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env={**os.environ, **OFFLINE},
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
-    assert len(runs) == 2 and len({run["ray_node"] for run in runs}) == 2  # one run on each node
-
-
-def test_a_worker_killed_mid_run_is_retried_and_its_run_recorded_once(tiny_mnist, tmp_path):
-    lines, summary = cluster_scenario("kill", tiny_mnist, tmp_path)
-    assert any(line.startswith("killed ") for line in lines), lines
-    assert sorted((v, s) for v, s, _ in summary["runs"]) == [("BN", 2), ("GN", 0), ("GN", 3), ("LN", 1)]
+    result = subprocess.run([sys.executable, "-c", CLUSTER, str(tiny_mnist), str(tmp_path)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines, summary = result.stdout.splitlines(), json.loads(result.stdout.splitlines()[-1])
+    assert summary["code"] == 0 and any(line.startswith("killed ") for line in lines) and "removed node 2" in lines
+    assert sorted((v, s) for v, s, _ in summary["runs"]) == [("GN", 0), ("GN", 1), ("LN", 0), ("LN", 1)]  # once each
+    assert {node for *_, node in summary["runs"]} == {summary["head"], summary["other"]}  # both nodes trained runs
     killed = json.loads((tmp_path / "runs" / "gn_e4_seed0" / "metrics.json").read_text())
     assert [row["epoch"] for row in killed["epochs"]] == [1, 2, 3, 4]  # resumed from its checkpoint, no epoch twice
-
-
-def test_a_node_removed_mid_sweep_leaves_its_runs_to_the_other(tiny_mnist, tmp_path):
-    lines, summary = cluster_scenario("remove", tiny_mnist, tmp_path)
-    assert "removed node 2" in lines, lines
-    assert sorted((v, s) for v, s, _ in summary["runs"]) == [("BN", 2), ("GN", 0), ("GN", 3), ("LN", 1)]
-    assert {node for *_, node in summary["runs"]} == {summary["head"], summary["other"]}  # both nodes trained runs
 
 
 def children(pid):
