@@ -55,3 +55,21 @@ def seeds_line(runs):
     """'seeds 0, 1, 2': the seeds of these runs, each once, so a reader can tell which seeds a number averages."""
     seeds = sorted({r["config"]["seed"] for r in runs})
     return f"seeds {', '.join(map(str, seeds))}"
+
+
+def welch_table(pairs, family=None):
+    """Markdown rows comparing groups of seeds that are not paired on one machine (docs/protocol.md, rule 7): for each
+    (name_a, values_a, name_b, values_b) in `pairs`, the difference of means (A − B), Welch's interval at the level
+    that a Bonferroni adjustment over `family` comparisons gives (default: the pairs given), and the verdict:
+    "separated" when that interval excludes 0, else "not told apart" with the smallest difference these seeds
+    would detect (80% power at that level)."""
+    from plumbing.stats import ALPHA, welch
+    family = family or len(pairs)
+    lines = [f"| A − B | seeds | A | B | A − B (points) | {100 * (1 - ALPHA / family):.4g}% interval (Welch) | verdict |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for name_a, a, name_b, b in pairs:
+        result = welch(a, b, alpha=ALPHA / family)
+        verdict = "**separated**" if result["separated"] else f"not told apart (would detect {result['detectable']:.2f})"
+        lines.append(f"| {name_a} − {name_b} | {len(a)} + {len(b)} | {sum(a) / len(a):.2f} | {sum(b) / len(b):.2f} | "
+                     f"{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
+    return "\n".join(lines)

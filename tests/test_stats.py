@@ -57,3 +57,13 @@ def test_pairing_removes_what_the_seeds_share():
 def test_paired_needs_two_equal_lists():
     with pytest.raises(ValueError, match="two equal lists"):
         paired([1.0, 2.0], [1.0])
+
+
+def test_welch_table_adjusts_over_its_family_and_names_the_verdict():
+    from lab.sections import welch_table
+    apart, close = ([99.3, 99.31, 99.29], [98.5, 98.52, 98.48]), ([99.3, 99.2, 99.4], [99.25, 99.35, 99.2])
+    table = welch_table([("BN", *apart[:1], "GN", *apart[1:]), ("GN", close[0], "LN", close[1])]).splitlines()
+    assert "97.5% interval (Welch)" in table[0]  # two comparisons: 1 - 0.05/2
+    assert table[2].startswith("| BN − GN | 3 + 3 | 99.30 | 98.50 | +0.80 |") and table[2].endswith("| **separated** |")
+    wide = welch(*close, alpha=0.025)
+    assert f"{wide['low']:+.2f} to {wide['high']:+.2f} | not told apart (would detect {wide['detectable']:.2f}) |" in table[3]
