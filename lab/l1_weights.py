@@ -18,8 +18,9 @@ import torch
 
 from plumbing.config import STUDY_L1
 from plumbing.results import over_seeds
+from plumbing.stats import ALPHA, welch
 from plumbing.system import save_json
-from lab.sections import needs
+from lab.sections import needs, welch_table
 
 SPARSE_FRACTION = 0.01  # a weight counts as near zero below 1% of its layer's largest |w|
 SEEDS = (0, 1, 2)
@@ -78,22 +79,37 @@ def l1_weights_table(result):
     return "\n".join(lines)
 
 
+# the measures compared between BN and BN+L1, each with its table's title and the unit of its differences
+COMPARED = {"l2": ("L2 norm", "norm"),
+            "near_zero_percent": (f"share of |w| below {100 * SPARSE_FRACTION:g}% of the layer's largest", "points")}
+
+
 @needs("l1_weights.json", "python -m lab.l1_weights")
 def l1_weights_section(results, l1):
-    """The weights table, and in how many layers BN and BN+L1 stay apart over every seed."""
+    """The weights table, then BN − BN+L1 per layer and measure by Welch's interval (each variant's models are
+    separate runs: docs/protocol.md, rule 7), Bonferroni over every layer and measure compared, and in how many
+    layers it excludes 0."""
     bn, with_l1 = l1["layers"]["BN"], l1["layers"]["BN+L1"]
-
-    def apart(layer, key):  # the seeds' min-max ranges do not overlap
-        a, b = bn[layer][key]["values"], with_l1[layer][key]["values"]
-        return max(a) < min(b) or max(b) < min(a)
+    labels = {name: layer_label(name, index) for index, name in enumerate(bn)}
+    family = len(bn) * len(COMPARED)
+    tables, results_of = [], {}
+    for key, (title, unit) in COMPARED.items():
+        pairs = [(f"{labels[name]}: BN", bn[name][key]["values"], "BN+L1", with_l1[name][key]["values"]) for name in bn]
+        results_of[key] = {name: welch(a, b, alpha=ALPHA / family) for name, (_, a, _, b) in zip(bn, pairs)}
+        tables += [f"*{title}, BN − BN+L1:*", "", welch_table(pairs, family, unit), ""]
     convs = [name for name in bn if name != "head"]
+    head = results_of["l2"]["head"]
+    head_verdict = ("separated" if head["separated"]
+                    else f"not told apart (these seeds would detect {head['detectable']:.2f})")
     return "\n".join([
-        l1_weights_table(l1), "",
-        f"From `results/l1_weights.json` (seeds {', '.join(map(str, l1['seeds']))}, lambda {l1['l1_lambda']:g}): "
-        f"the L2 norm is separated between BN and BN+L1 in {sum(apart(n, 'l2') for n in convs)} of {len(convs)} "
-        f"normalized convs, the near-zero share in {sum(apart(n, 'near_zero_percent') for n in convs)} of "
-        f"{len(convs)}; "
-        f"the head's L2 norm is {'separated' if apart('head', 'l2') else 'not separated'}."])
+        l1_weights_table(l1), "", *tables,
+        f"From `results/l1_weights.json` (seeds {', '.join(map(str, l1['seeds']))}, lambda {l1['l1_lambda']:g}). "
+        f"Welch's interval of BN − BN+L1 (each variant's models are separate runs, not paired on one machine), "
+        f"Bonferroni over the {family} comparisons above ({len(bn)} layers x {len(COMPARED)} measures): "
+        f"the L2 norm is separated between BN and BN+L1 in {sum(results_of['l2'][n]['separated'] for n in convs)} "
+        f"of {len(convs)} normalized convs, the near-zero share in "
+        f"{sum(results_of['near_zero_percent'][n]['separated'] for n in convs)} of {len(convs)}; the head's L2 norm is "
+        f"{head_verdict}."])
 
 
 def l1_sweep_section(results):

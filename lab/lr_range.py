@@ -11,13 +11,14 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
 from plumbing.config import (COMPARED, EXPERIMENT_EPOCHS, EXPERIMENT_SEEDS, OPTIMIZERS, PLAIN, RESULTS_DIR, VARIANTS,
                              Config, default_data_dir)
 from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
-from lab.sections import machines, read, seeds_line
+from lab.sections import machines, read, seeds_line, welch_table
 # torch (runner) and matplotlib (plots) are imported where runs train and the figure is drawn
 
 SEEDS, EPOCHS = EXPERIMENT_SEEDS, EXPERIMENT_EPOCHS
@@ -25,6 +26,7 @@ LRS = {"adam": (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "sgd": (0.003, 0.01
 USABLE = 1.5  # an LR is usable when no seed diverged and the mean test error is within 1.5x the norm's best
 RESULTS = f"{RESULTS_DIR}/lr_range.json"
 PAGE = "docs/learning_rate.md"
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}
 
 
 def lr_range_configs(base, optimizer="adam", seeds=SEEDS, norms=COMPARED, lrs=None):
@@ -108,7 +110,71 @@ def lr_range_section(results):
         f"{machines(runs)}. ✓: usable, a mean test error within 1.5x of that norm's best."])
 
 
-SECTIONS = {"LR_RANGE": lr_range_section}  # block name -> the function that writes it
+# ---- how far the seeds carry the comparisons (docs/protocol.md, rule 7: Welch, these runs are not paired) ----------
+def per_seed(runs):
+    """{(optimizer, norm, lr): final test accuracies of the seeds that finished, by seed}: what Welch compares."""
+    groups = group_by(sorted(finished(runs), key=lambda run: run["config"]["seed"]),
+                      lambda run: (run["config"].get("optimizer", "adam"), run_key(run), run["config"]["lr"]))
+    return {point: [run["epochs"][-1]["test_acc"] for run in group] for point, group in groups.items()}
+
+
+def best_lrs(summary, optimizer):
+    """{norm: the LR of its highest mean test accuracy with `optimizer`}, an LR with a diverged seed never counted:
+    picked on the test set, so a comparison with it leans towards "separated"."""
+    done = [e for e in summary if e["optimizer"] == optimizer and "test_acc" in e and not e["diverged"]]
+    return {norm: max((e for e in done if e["norm"] == norm), key=lambda e: e["test_acc"]["mean"])["lr"]
+            for norm in dict.fromkeys(e["norm"] for e in done)}
+
+
+def point_name(point):
+    optimizer, norm, lr = point
+    return f"{VARIANTS[norm].label} at {OPTIMIZER_NAMES[optimizer]} {lr:g}"
+
+
+def welch_pairs(values, point_pairs):
+    """welch_table's (name A, seeds A, name B, seeds B) for each (A, B) whose points both have 2 or more seeds."""
+    return [(point_name(a), values[a], point_name(b), values[b]) for a, b in point_pairs
+            if len(values.get(a, ())) > 1 and len(values.get(b, ())) > 1]
+
+
+def optimizer_comparisons(values, optimizer, best):
+    """[(title, [(point A, point B), ...], family)] for one optimizer: BN − GN, BN − LN and GN − LN at each LR
+    (family: the pairs at one LR) and at each norm's best LR (family: those pairs); each norm at the highest LR
+    against its own best (family: the norms compared there; a norm at its best there has no row)."""
+    lrs = sorted({lr for o, _, lr in values if o == optimizer})
+    norms = [n for n in COMPARED if any(point[:2] == (optimizer, n) for point in values)]
+    at_lr = [list(combinations([(optimizer, n, lr) for n in norms], 2)) for lr in lrs]
+    ranked = [n for n in norms if n in best]
+    at_best = list(combinations([(optimizer, n, best[n]) for n in ranked], 2))
+    top = [((optimizer, n, lrs[-1]), (optimizer, n, best[n])) for n in ranked if best[n] != lrs[-1]]
+    name = OPTIMIZER_NAMES[optimizer]
+    return [(f"{name}, the norms at each peak LR, each LR adjusted on its own", sum(at_lr, []), len(at_lr[0])),
+            (f"{name}, each norm at its best LR", at_best, len(at_best)),
+            (f"{name} at {lrs[-1]:g}, each norm against its own best LR", top, len(top))]
+
+
+def comparisons(values, summary):
+    """[(title, [(point A, point B), ...], family)]: what the page's verdicts rest on: each optimizer's
+    comparisons, then each norm's best LR with SGD against its best with Adam (family: the norms)."""
+    best = {optimizer: best_lrs(summary, optimizer) for optimizer in OPTIMIZERS}
+    found = [c for optimizer in OPTIMIZERS if best[optimizer]
+             for c in optimizer_comparisons(values, optimizer, best[optimizer])]
+    across = [(("sgd", n, best["sgd"][n]), ("adam", n, best["adam"][n])) for n in COMPARED
+              if n in best["sgd"] and n in best["adam"]]
+    return [c for c in found + [("each norm's best LR, SGD against Adam", across, len(across))] if c[1]]
+
+
+def lr_welch_section(results):
+    """Welch tables of the LR range's comparisons, each Bonferroni-adjusted over its stated family."""
+    lr = read(results, "lr_range.json")
+    values = per_seed(lr["runs"])
+    tables = [(title, welch_pairs(values, point_pairs), family)
+              for title, point_pairs, family in comparisons(values, lr["summary"])]
+    return "\n\n".join(f"*{title}* (family: {family} comparison{'s' * (family > 1)}):\n\n{welch_table(pairs, family)}"
+                       for title, pairs, family in tables if pairs)
+
+
+SECTIONS = {"LR_RANGE": lr_range_section, "LR_WELCH": lr_welch_section}  # block name -> the function that writes it
 
 
 # ---- the learning-rate range -----------------------------------------------------------------

@@ -57,15 +57,15 @@ def seeds_line(runs):
     return f"seeds {', '.join(map(str, seeds))}"
 
 
-def welch_table(pairs, family=None):
+def welch_table(pairs, family=None, unit="points"):
     """Markdown rows comparing groups of seeds that are not paired on one machine (docs/protocol.md, rule 7): for each
-    (name_a, values_a, name_b, values_b) in `pairs`, the difference of means (A − B), Welch's interval at the level
-    that a Bonferroni adjustment over `family` comparisons gives (default: the pairs given), and the verdict:
+    (name_a, values_a, name_b, values_b) in `pairs`, the difference of means (A − B, in `unit`), Welch's interval at
+    the level that a Bonferroni adjustment over `family` comparisons gives (default: the pairs given), and the verdict:
     "separated" when that interval excludes 0, else "not told apart" with the smallest difference these seeds
     would detect (80% power at that level)."""
     from plumbing.stats import ALPHA, welch
     family = family or len(pairs)
-    lines = [f"| A − B | seeds | A | B | A − B (points) | {100 * (1 - ALPHA / family):.4g}% interval (Welch) | verdict |",
+    lines = [f"| A − B | seeds | A | B | A − B ({unit}) | {100 * (1 - ALPHA / family):.4g}% interval (Welch) | verdict |",
              "|---|---:|---:|---:|---:|---|---|"]
     for name_a, a, name_b, b in pairs:
         result = welch(a, b, alpha=ALPHA / family)

@@ -13,6 +13,7 @@ models come from results/study.json (GN, LN, BN+L1) and results/study_bn.json (B
 """
 import argparse
 import json
+import statistics
 import sys
 import time
 from functools import lru_cache
@@ -21,7 +22,8 @@ from pathlib import Path
 from plumbing.cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
 from plumbing.config import IMAGES_DIR, RESULTS_DIR, STUDY_VARIANTS, VARIANTS
 from plumbing.results import group_by, model_path, over_seeds, run_key
-from lab.sections import read
+from plumbing.stats import ALPHA, welch
+from lab.sections import read, welch_table
 
 
 def make_parser():
@@ -124,12 +126,17 @@ def columns(summary):
     return deployed + [(v, mode) for v, first in deployed if first for mode in BN_MODES[1:]]
 
 
+def column_label(variant, mode):
+    """'GN', 'BN' (as deployed: its running statistics), 'BN+L1, adapted stats': a variant in one BN mode."""
+    return VARIANTS[variant].label + {None: "", "running": "", "test_batch": ", test-batch stats",
+                                      "adapted": ", adapted stats"}[mode]
+
+
 def shift_table(summary):
     """Markdown: one row per shift and severity, test accuracy (mean ± std over seeds) per variant and BN mode."""
     cols = columns(summary)
     cells = {(e["variant"], e["bn_stats"], e["shift"], e["severity"]): e["test_acc"] for e in summary}
-    names = {None: "", "running": "", "test_batch": ", test-batch stats", "adapted": ", adapted stats"}
-    lines = ["| shift | severity | " + " | ".join(f"{VARIANTS[v].label}{names[m]}" for v, m in cols) + " |",
+    lines = ["| shift | severity | " + " | ".join(column_label(v, m) for v, m in cols) + " |",
              "|---|---:|" + "---:|" * len(cols)]
     for name, severity in conditions():
         lines.append(f"| {name.replace('_', ' ')} | {severity} | " + " | ".join(
@@ -150,7 +157,83 @@ def shift_section(results):
         f"torch {shift['torch']}, {shift['threads']} torch thread."])
 
 
-SECTIONS = {"SHIFT": shift_section}  # block name -> the function that writes it
+PER_IMAGE, BN_DEPLOYED = (("gn", None), ("ln", None)), (("bn_l1", "running"), ("bn", "running"))
+INTENSITY = ("brightness", "gaussian_noise", "blur")
+# docs/test_time.md's findings, each with the comparisons (A, B, shift, severity) it reports: one Bonferroni family each
+FINDINGS = {
+    "Contrast 3, as deployed": [(a, b, "contrast", 3) for a in PER_IMAGE for b in BN_DEPLOYED],
+    "Brightness, Gaussian noise and blur at severity 3, as deployed":
+        [(a, b, name, 3) for name in INTENSITY for a in PER_IMAGE for b in BN_DEPLOYED],
+    "BN+L1 with statistics re-estimated on the shifted images, severity 3":
+        [(("bn_l1", "adapted"), b, name, 3) for name in ("contrast", *INTENSITY) for b in (BN_DEPLOYED[0], *PER_IMAGE)],
+    "Rotation 3": [(("gn", None), ("ln", None), "rotation", 3)],
+    "Translation and scale at severity 3": [
+        (("bn", "running"), ("gn", None), "translation", 3), (("bn", "adapted"), ("bn", "running"), "translation", 3),
+        *[(("gn", None), b, "scale", 3) for b in (("ln", None), *BN_DEPLOYED)],
+        (("bn", "adapted"), ("bn", "running"), "scale", 3)],
+}
+MODE_NAMES = {"running": "running statistics (as deployed)", "test_batch": "test-batch statistics",
+              "adapted": "statistics re-estimated on the shifted images"}
+
+
+def per_seed(rows):
+    """{(variant, BN mode, shift, severity): the test accuracy of each seed, in seed order}."""
+    groups = group_by(sorted(rows, key=lambda row: row["seed"]),
+                      lambda row: (row["variant"], row["bn_stats"], row["shift"], row["severity"]))
+    return {key: [row["test_acc"] for row in group] for key, group in groups.items()}
+
+
+def condition_label(name, severity):
+    return f"{name.replace('_', ' ')} {severity}"
+
+
+def finding_table(comparisons, accs):
+    """welch_table of one finding's comparisons (A, B, shift, severity), Bonferroni over them."""
+    return welch_table([(f"{condition_label(name, severity)}: {column_label(*a)}", accs[(*a, name, severity)],
+                         column_label(*b), accs[(*b, name, severity)]) for a, b, name, severity in comparisons])
+
+
+def l1_table(accs, conditions_run):
+    """Markdown: BN+L1 − BN under every condition in each BN mode by Welch, Bonferroni over all of them; per mode how
+    many are separated, the one furthest from 0 (largest |A − B| against its interval's width), and the smallest
+    differences the seeds would detect."""
+    family = len(conditions_run) * len(BN_MODES)
+    lines = [f"| BN mode | conditions | separated ({100 * (1 - ALPHA / family):.4g}% interval, Welch) "
+             f"| furthest from 0 for its interval: A − B (interval) "
+             f"| detectable difference: median (smallest-largest) |",
+             "|---|---:|---:|---|---|"]
+    for mode in BN_MODES:
+        results = {condition: welch(accs[("bn_l1", mode, *condition)], accs[("bn", mode, *condition)],
+                                    alpha=ALPHA / family) for condition in conditions_run}
+        closest, r = max(results.items(),
+                         key=lambda item: abs(item[1]["difference"]) / (item[1]["high"] - item[1]["low"]))
+        detectable = sorted(result["detectable"] for result in results.values())
+        lines.append(f"| {MODE_NAMES[mode]} | {len(results)} | {sum(x['separated'] for x in results.values())} "
+                     f"| {condition_label(*closest)}: {r['difference']:+.2f} ({r['low']:+.2f} to {r['high']:+.2f}) "
+                     f"| {statistics.median(detectable):.2f} ({detectable[0]:.2f}-{detectable[-1]:.2f}) |")
+    return "\n".join(lines)
+
+
+def shift_comparisons_section(results):
+    """The comparisons docs/test_time.md's findings make, one Welch table per finding, and BN+L1 against BN."""
+    rows = read(results, RESULTS_FILE)["results"]
+    accs, conditions_run = per_seed(rows), list(dict.fromkeys((row["shift"], row["severity"]) for row in rows))
+    parts = []
+    for title, comparisons in FINDINGS.items():
+        parts += [f"*{title}* ({len(comparisons)} comparison{'s' * (len(comparisons) > 1)}):", "",
+                  finding_table(comparisons, accs), ""]
+    family = len(conditions_run) * len(BN_MODES)
+    return "\n".join(parts + [
+        f"*BN+L1 − BN under every condition* ({len(conditions_run)} conditions, clean included, x {len(BN_MODES)} BN "
+        f"modes: {family} comparisons):", "", l1_table(accs, conditions_run), "",
+        f"From `results/shift.json` ({len({row['seed'] for row in rows})} seeds per variant; test accuracy %, "
+        f"differences in points). Welch's interval of the difference of means: each variant's models are separate "
+        f"runs, not paired on one machine (docs/protocol.md, rule 7); where both sides are one variant's models in two "
+        f"BN modes, Welch leaves that pairing unused. Each table is one finding's family, Bonferroni-adjusted over its "
+        f"comparisons; a variant named without a mode is as deployed (BN: its running statistics)."])
+
+
+SECTIONS = {"SHIFT": shift_section, "SHIFT_COMPARISONS": shift_comparisons_section}  # block name -> its writer
 
 
 def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):

@@ -147,10 +147,12 @@ def seeds_section(results):
     return "\n".join([
         pairwise_table(summary), "",
         f"From `results/study.json`: {len(runs)} runs ({seeds_line(runs)}); trained on {where}. "
+        f"The variants are compared by Welch's interval of two independent groups, not paired by seed "
+        f"(docs/protocol.md, rule 7: runs without a fingerprint are never paired). "
         f"{sum(p['separated'] for p in pairs)} of {len(pairs)} pairs have a {100 * (1 - ALPHA):.0f}% interval that "
         f"excludes 0 ({sum(p['corrected'] for p in pairs)} after a Bonferroni correction for {len(pairs)} "
-        f"comparisons); these seeds could detect a true difference of about {widest:.2f} points or more "
-        f"(the largest of the pairs' detectable differences)."])
+        f"comparisons, the protocol's \"separated\"); these seeds could detect a true difference of about "
+        f"{widest:.2f} points or more (the largest of the pairs' detectable differences at 95%)."])
 
 
 @needs("study_none.json", "python main.py --norm all --variants none --seeds 0 1 2")

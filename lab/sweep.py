@@ -16,6 +16,7 @@ import math
 import statistics
 import sys
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 from plumbing.cli import PATHS_NOTE, add_experiment_flags, check_experiment_args, engine_from_args
@@ -23,7 +24,7 @@ from plumbing.config import (BATCH_SIZES, COMPARED, DEFAULTS, EXPERIMENT_EPOCHS,
                              GN_FAMILY_ADDED, NORM_COSTS_FILE, PLAIN, RESULTS_DIR, TRAIN_IMAGES, VARIANTS, Config,
                              default_data_dir, variant_key)
 from plumbing.results import diverged_seeds, finished, group_by, over_seeds, run_key
-from lab.sections import hardware_line, needs, read, seeds_line, where_line
+from lab.sections import hardware_line, machines, needs, read, seeds_line, welch_table, where_line
 # torch (runner, bn_stats) and matplotlib (plots) are imported where runs train and figures are drawn: the
 # tables and summaries need neither, and --help or a bad flag is answered before them
 
@@ -244,9 +245,117 @@ def gn_family_section(results):
                                f"({seeds_line(runs)}), {where_line(runs)}; LN and GN are the sweep's own runs."])
 
 
+# ---- Welch tables: these runs record no machine fingerprint to pair them by (docs/protocol.md, rule 7) ----------
+NORM_LABELS = tuple(VARIANTS[key].label for key in COMPARED)  # BN, GN, LN
+WELCH_NOTE = ("Welch's interval of two independent groups of seeds (docs/protocol.md, rule 7: runs without a shared "
+              "machine fingerprint are never paired), Bonferroni-adjusted over each batch size's family; "
+              "\"separated\" means that interval excludes 0, otherwise the table gives the smallest difference these "
+              "seeds would detect (80% power at that level)")
+
+
+def final_accs(runs, key="test_acc", suffix=""):
+    """{(label + suffix, batch size): the final `key` of each finished run, in seed order}: what Welch compares."""
+    accs = {}
+    for run in sorted(finished(runs), key=lambda run: run["config"]["seed"]):
+        if key in run["epochs"][-1]:
+            point = (VARIANTS[run_key(run)].label + suffix, run["config"]["batch_size"])
+            accs.setdefault(point, []).append(run["epochs"][-1][key])
+    return accs
+
+
+def welch_by_batch(title, accs, comparisons, sizes=None):
+    """welch_table of the `comparisons` (pairs of names in `accs`) at each batch size (`sizes`, unset: every size in
+    `accs`), each size's comparisons one Bonferroni family; a pair without 2 seeds a side is left out of the rows,
+    not of the family."""
+    sizes = sizes or sorted({b for _, b in accs})
+    pairs = [(f"batch {b}: {a}", accs[(a, b)], c, accs[(c, b)]) for b in sizes for a, c in comparisons
+             if min(len(accs.get((a, b), [])), len(accs.get((c, b), []))) > 1]
+    return (f"*{title}* ({len(comparisons)} comparisons at each batch size, one Bonferroni family):\n\n"
+            + welch_table(pairs, family=len(comparisons)))
+
+
+def mixed_machines(runs):
+    """'GN(2) at batch 64: seeds 0, 1 on X, seed 2 on Y': every point whose seeds trained on more than one machine."""
+    notes = []
+    for (key, b), group in group_by(runs, lambda run: (run_key(run), run["config"]["batch_size"])).items():
+        where = group_by(sorted(group, key=lambda run: run["config"]["seed"]), lambda run: machines([run]))
+        if len(where) > 1:
+            notes.append(f"{VARIANTS[key].label} at batch {b}: " + ", ".join(
+                f"seed{'s' * (len(g) > 1)} {', '.join(str(r['config']['seed']) for r in g)} on {m}"
+                for m, g in where.items()))
+    return "; ".join(notes)
+
+
+def best_points(accs, names):
+    """welch_table's pairs between the best batch sizes (highest mean) of `names` in `accs`, every pair of them."""
+    best = {n: max((p for p in accs if p[0] == n), key=lambda p: statistics.mean(accs[p])) for n in names}
+    return [(f"{a} at batch {best[a][1]}", accs[best[a]], f"{c} at batch {best[c][1]}", accs[best[c]])
+            for a, c in combinations(names, 2)]
+
+
+def batch_size_welch_section(results):
+    """BN, GN and LN against each other at every batch size and at their best; BN tested two other ways."""
+    runs = read(results, "batch_size_sweep.json")["runs"]
+    accs = final_accs(runs)
+    tested = {**{p: v for p, v in accs.items() if p[0] in ("BN", "GN")},
+              **final_accs(runs, "test_acc_batch_stats", " (batch stats)"),
+              **final_accs(runs, "test_acc_precise_stats", " (recomputed stats)")}
+    return "\n".join([
+        welch_by_batch("The norms", accs, list(combinations(NORM_LABELS, 2))), "",
+        f"*Each norm at its best batch size* (the highest mean; {len(NORM_LABELS)} comparisons, one family):", "",
+        welch_table(best_points(accs, NORM_LABELS)), "",
+        welch_by_batch("BN tested two other ways, and GN against BN with recomputed statistics", tested,
+                       [("BN (batch stats)", "BN"), ("BN (recomputed stats)", "BN"), ("GN", "BN (recomputed stats)")]),
+        "", f"Final test accuracy % after {EPOCHS} epochs, from `results/batch_size_sweep.json` ({seeds_line(runs)}); "
+        f"{WELCH_NOTE}. The last table treats two test accuracies of the same runs as independent groups."])
+
+
+@needs("batch_size_equal_steps.json", "python -m lab.sweep --equal-steps")
+def equal_steps_welch_section(results, equal):
+    """BN, GN and LN against each other at equal steps; BN at its own LR (if run) against all three there."""
+    accs, files = final_accs(equal["runs"]), ["batch_size_equal_steps.json"]
+    lines = [welch_by_batch("Equal steps", accs, list(combinations(NORM_LABELS, 2)))]
+    if (Path(results) / "batch_size_own_lr.json").exists():
+        files.append("batch_size_own_lr.json")
+        own = final_accs(read(results, files[-1])["runs"], suffix=" (own LR)")
+        comparisons = [(name, norm) for name in sorted({n for n, _ in own}) for norm in NORM_LABELS]
+        lines += ["", welch_by_batch("Own learning rate, against the equal-steps runs", {**accs, **own}, comparisons,
+                                     sorted({b for _, b in own}))]
+    return "\n".join(lines + ["", f"Final test accuracy %, from {' and '.join(f'`results/{f}`' for f in files)}; "
+                                   f"{WELCH_NOTE}."])
+
+
+def added_welch_section(title, comparisons, added):
+    """A section comparing the sweep's later variants (`added`: keys) at the batch sizes where they ran."""
+    @needs("batch_size_sweep.json", "python -m lab.sweep")
+    def section(results, sweep):
+        later = [run for run in sweep["runs"] if run_key(run) in added]
+        if not later:
+            return f"Not run yet: `python -m lab.sweep --norms {' '.join(added)} --batch-sizes 2 8 64 512`."
+        sizes = sorted({run["config"]["batch_size"] for run in later})
+        mixed = mixed_machines(later)
+        comparators = [run for run in sweep["runs"] if run_key(run) in COMPARED]
+        return "\n".join([
+            welch_by_batch(title, final_accs(sweep["runs"]), comparisons, sizes), "",
+            f"Final test accuracy % after {EPOCHS} epochs, from `results/batch_size_sweep.json`; {WELCH_NOTE}. "
+            f"BN, GN and LN are the sweep's runs ({where_line(comparators)}), the others later ones "
+            f"({where_line(later)}): a row that sets one of them against BN, GN or LN compares runs of two "
+            f"setups." + (f" Points whose seeds trained on two machines: {mixed}." if mixed else "")])
+    section.__doc__ = f"{title}: Welch's table at the batch sizes where {', '.join(added)} ran."
+    return section
+
+
+GN_FAMILY_LABELS = tuple(VARIANTS[key].label for key in GN_FAMILY)  # LN, GN(2), GN, IN
+gn_family_welch_section = added_welch_section(
+    "The GN family, every pair, and IN against BN", [*combinations(GN_FAMILY_LABELS, 2), ("IN", "BN")], GN_FAMILY_ADDED)
+no_norm_welch_section = added_welch_section(
+    "No norm against each norm", [("no norm", VARIANTS[key].label) for key in (*COMPARED, *GN_FAMILY_ADDED)], ("none",))
+
 # block name -> the function that writes it
-SECTIONS = {"BATCH_SIZE": batch_size_section, "LR_RULE": lr_rule_section, "EQUAL_STEPS": equal_steps_section,
-            "OWN_LR": own_lr_section, "GN_FAMILY": gn_family_section}
+SECTIONS = {"BATCH_SIZE": batch_size_section, "BATCH_SIZE_WELCH": batch_size_welch_section,
+            "LR_RULE": lr_rule_section, "EQUAL_STEPS": equal_steps_section, "OWN_LR": own_lr_section,
+            "EQUAL_STEPS_WELCH": equal_steps_welch_section, "GN_FAMILY": gn_family_section,
+            "GN_FAMILY_WELCH": gn_family_welch_section, "NO_NORM_BATCH_WELCH": no_norm_welch_section}
 
 
 # ---- the batch-size sweep ------------------------------------------------------------------

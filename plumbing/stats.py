@@ -7,6 +7,7 @@
 """
 import math
 import statistics
+import warnings
 
 from scipy import stats
 
@@ -24,15 +25,22 @@ def detectable(se, df, alpha, power=POWER):
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se
 
 
+def excludes_zero(low, high):
+    """Whether the interval [low, high] lies wholly on one side of 0 (never for an undefined, NaN interval)."""
+    return bool(low > 0 or high < 0)
+
+
 def welch(a, b, alpha=ALPHA, power=POWER):
     """Mean of a minus mean of b, its (1 - alpha) Welch interval (SciPy's ttest_ind, equal_var=False), and the
     smallest true difference samples of these sizes and spreads would detect with probability `power`."""
-    test = stats.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():  # a group of equal values (std 0) is data, not a loss of precision
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        test = stats.ttest_ind(a, b, equal_var=False)
     low, high = test.confidence_interval(1 - alpha)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se, diff = math.sqrt(va + vb), statistics.mean(a) - statistics.mean(b)
     return {"difference": diff, "low": float(low), "high": float(high), "df": float(test.df), "se": se,
-            "separated": not low <= 0 <= high, "detectable": detectable(se, float(test.df), alpha, power)}
+            "separated": excludes_zero(low, high), "detectable": detectable(se, float(test.df), alpha, power)}
 
 
 def paired(a, b, family=1, alpha=ALPHA, power=POWER):
@@ -47,5 +55,5 @@ def paired(a, b, family=1, alpha=ALPHA, power=POWER):
     differences = [x - y for x, y in zip(a, b)]
     se = statistics.stdev(differences) / math.sqrt(len(a))
     return {"difference": statistics.mean(differences), "low": float(low), "high": float(high), "seeds": len(a),
-            "family": family, "se": se, "separated": not low <= 0 <= high,
+            "family": family, "se": se, "separated": excludes_zero(low, high),
             "detectable": detectable(se, len(a) - 1, level, power)}

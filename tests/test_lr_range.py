@@ -108,3 +108,63 @@ def test_bad_flags_are_refused(args, tmp_path):
     with pytest.raises(SystemExit) as refused:
         lr_range.main([*args, "--results", str(tmp_path / "r.json")])
     assert refused.value.code == 2 and not (tmp_path / "r.json").exists()
+
+
+def test_best_lrs_skip_lrs_with_a_diverged_seed():
+    summary = hand_made_summary()
+    assert lr_range.best_lrs(summary, "adam") == {"bn": 0.01}  # 1.0 has the higher mean, but a seed diverged there
+    assert lr_range.best_lrs(summary, "sgd") == {"gn": 0.01}
+
+
+# (optimizer, norm, lr) -> three seeds' final test accuracy; best with Adam: BN at 0.1, GN and LN at 0.01
+ACCS = {("adam", "bn", 0.01): [99.0, 99.1, 99.2], ("adam", "bn", 0.1): [99.3, 99.31, 99.29],
+        ("adam", "gn", 0.01): [99.1, 99.0, 99.2], ("adam", "gn", 0.1): [98.5, 98.52, 98.48],
+        ("adam", "ln", 0.01): [99.05, 99.2, 99.1], ("adam", "ln", 0.1): [98.0, 98.9, 98.5],
+        ("sgd", "bn", 0.1): [99.2, 99.25, 99.3], ("sgd", "gn", 0.1): [99.0, 99.3, 99.1],
+        ("sgd", "ln", 0.1): [98.9, 99.0, 98.95]}
+
+
+def fabricated_runs():
+    """ACCS as recorded runs, and one diverged run that no comparison may count."""
+    runs = [{"config": {"norm": norm, "lr": lr, "seed": seed, "epochs": 3, "optimizer": optimizer},
+             "epochs": [{"test_acc": acc}]}
+            for (optimizer, norm, lr), accs in ACCS.items() for seed, acc in enumerate(accs)]
+    return runs + [{"config": {"norm": "gn", "lr": 0.1, "seed": 3, "epochs": 3, "optimizer": "sgd"}, "epochs": [],
+                    "diverged": {"epoch": 1, "step": 3}}]
+
+
+def test_per_seed_keeps_the_finished_seeds_of_each_point():
+    assert lr_range.per_seed(fabricated_runs()) == ACCS
+
+
+def test_comparisons_name_each_family():
+    runs = fabricated_runs()
+    found = lr_range.comparisons(lr_range.per_seed(runs), lr_range.summarize(runs))
+    assert [(title, family, len(pairs)) for title, pairs, family in found] == [
+        ("Adam, the norms at each peak LR, each LR adjusted on its own", 3, 6),
+        ("Adam, each norm at its best LR", 3, 3),
+        ("Adam at 0.1, each norm against its own best LR", 2, 2),  # BN is at its best there: no row
+        ("SGD, the norms at each peak LR, each LR adjusted on its own", 3, 3),
+        ("SGD, each norm at its best LR", 1, 1),  # GN's one SGD LR had a seed diverge: GN has no best
+        ("each norm's best LR, SGD against Adam", 2, 2)]  # SGD's one LR is every best: no table against it
+    assert found[1][1] == [(("adam", "bn", 0.1), ("adam", "gn", 0.01)), (("adam", "bn", 0.1), ("adam", "ln", 0.01)),
+                           (("adam", "gn", 0.01), ("adam", "ln", 0.01))]
+    assert found[2][1] == [(("adam", "gn", 0.1), ("adam", "gn", 0.01)), (("adam", "ln", 0.1), ("adam", "ln", 0.01))]
+
+
+def test_welch_section_adjusts_each_table_over_its_family_and_follows_welch(tmp_path):
+    from plumbing.stats import welch
+    runs = fabricated_runs()
+    (tmp_path / "lr_range.json").write_text(json.dumps({"runs": runs, "summary": lr_range.summarize(runs)}))
+    tables = lr_range.lr_welch_section(tmp_path).split("\n\n")
+    assert tables[0] == "*Adam, the norms at each peak LR, each LR adjusted on its own* (family: 3 comparisons):"
+    assert "98.33% interval (Welch)" in tables[1] and "97.5% interval (Welch)" in tables[5]  # 3 per LR; 2 at the top
+    rows = {row.split(" | ")[0][2:]: row for table in tables[1::2] for row in table.splitlines()[2:]}
+    assert rows["BN at Adam 0.1 − GN at Adam 0.1"].endswith("| **separated** |")
+    for name, a, b, family in [("LN at Adam 0.1 − LN at Adam 0.01", ("adam", "ln", 0.1), ("adam", "ln", 0.01), 2),
+                               ("GN at SGD 0.1 − LN at SGD 0.1", ("sgd", "gn", 0.1), ("sgd", "ln", 0.1), 3)]:
+        result = welch(ACCS[a], ACCS[b], alpha=0.05 / family)
+        assert not result["separated"]
+        assert rows[name].endswith(f"{result['low']:+.2f} to {result['high']:+.2f} | not told apart "
+                                   f"(would detect {result['detectable']:.2f}) |")
+    assert rows["GN at SGD 0.1 − LN at SGD 0.1"].split(" | ")[1] == "3 + 3"  # the diverged seed left out

@@ -6,6 +6,7 @@ import pytest
 
 from lab import bench_report, experiments, l1_weights, report, sections, shift, study, sweep
 from conftest import ROOT
+from plumbing.stats import t_quantile
 
 RESULTS = ROOT / "results"
 
@@ -139,20 +140,34 @@ def test_seeds_section_by_hand(tmp_path):
     # difference 0.3, se 0.0816, df 4: t 2.776 -> 0.073 to 0.527; detectable (2.776 + 0.941) x 0.0816 = 0.304
     assert "| GN - LN | 3 + 3 | +0.300 | +0.073 to +0.527 | yes | yes | 0.304 |" in text
     assert "6 runs (seeds 0, 1, 2); trained on Some CPU (3 runs), Other CPU (3 runs); 1 distinct fingerprint(s)" in text
-    assert "1 of 1 pairs have a 95% interval that excludes 0 (1 after a Bonferroni correction for 1 comparisons)" in text and "about 0.30 points" in text
+    assert "compared by Welch's interval of two independent groups, not paired by seed" in text
+    assert "1 of 1 pairs have a 95% interval that excludes 0 (1 after a Bonferroni correction for 1 comparisons, the " \
+           "protocol's \"separated\")" in text and "about 0.30 points" in text
 
 
 def test_l1_weights_section_by_hand(tmp_path):
-    layer = lambda values, zero: {"l2": {"mean": sum(values) / 3, "std": 0.1, "values": values},  # noqa: E731
-                                  "l1": {"mean": 1.0, "std": 0.0, "values": [1.0] * 3}, "numel": 72,
-                                  "near_zero_percent": {"mean": zero, "std": 0.0, "values": [zero] * 3}}
+    def layer(l2, zero):
+        over = lambda values: {"mean": sum(values) / 3, "std": 0.1, "values": values}  # noqa: E731
+        return {"l2": over(l2), "l1": over([1.0] * 3), "numel": 72, "near_zero_percent": over(zero)}
     write(tmp_path, "l1_weights.json", {"seeds": [0, 1, 2], "l1_lambda": 1e-5, "sparse_fraction": 0.01, "layers": {
-        "BN": {"features.0.0": layer([6.0, 6.1, 6.2], 3.0), "head": layer([14.0, 14.1, 14.2], 1.0)},
-        "BN+L1": {"features.0.0": layer([5.0, 5.1, 5.2], 9.0), "head": layer([14.1, 14.2, 14.3], 1.0)}}})
+        "BN": {"features.0.0": layer([6.0, 6.1, 6.2], [3.0, 4.0, 5.0]),
+               "head": layer([14.0, 14.1, 14.2], [1.0, 1.5, 2.0])},
+        "BN+L1": {"features.0.0": layer([5.0, 5.1, 5.2], [9.0, 10.0, 11.0]),
+                  "head": layer([14.1, 14.2, 14.3], [1.0, 1.5, 2.0])}}})
     text = l1_weights.l1_weights_section(tmp_path)
-    assert "| conv 1 | 72 | 6.10 ± 0.10 | 5.10 ± 0.10 | 0.84 | 3.0 ± 0.0% | 9.0 ± 0.0% |" in text
-    assert "separated between BN and BN+L1 in 1 of 1 normalized convs, the near-zero share in 1 of 1" in text
-    assert text.endswith("the head's L2 norm is not separated.")  # 14.0-14.2 against 14.1-14.3 overlap
+    assert "| conv 1 | 72 | 6.10 ± 0.10 | 5.10 ± 0.10 | 0.84 | 4.0 ± 0.1% | 10.0 ± 0.1% |" in text
+    # 2 layers x 2 measures: 98.75% intervals, t(0.99375, df 4) = 4.31; L2 se sqrt(2 x 0.01 / 3) = 0.0816 -> ±0.35,
+    # near-zero se sqrt(2 x 1 / 3) = 0.816 -> ±3.52; the head's L2 detectable (4.31 + 0.94) x 0.0816 = 0.43
+    t, se = t_quantile(1 - 0.05 / 8, 4), (2 * 0.01 / 3) ** 0.5
+    assert "| A − B (norm) | 98.75% interval (Welch) |" in text and "| A − B (points) | 98.75% interval" in text
+    assert (f"| conv 1: BN − BN+L1 | 3 + 3 | 6.10 | 5.10 | +1.00 | {1 - t * se:+.2f} to {1 + t * se:+.2f} "
+            f"| **separated** |") in text
+    assert (f"| conv 1: BN − BN+L1 | 3 + 3 | 4.00 | 10.00 | -6.00 | {-6 - t * 10 * se:+.2f} to "
+            f"{-6 + t * 10 * se:+.2f} | **separated** |") in text
+    assert "Bonferroni over the 4 comparisons above (2 layers x 2 measures): the L2 norm is separated between BN and " \
+           "BN+L1 in 1 of 1 normalized convs, the near-zero share in 1 of 1" in text
+    detectable = (t + t_quantile(0.8, 4)) * se
+    assert text.endswith(f"the head's L2 norm is not told apart (these seeds would detect {detectable:.2f}).")
 
 
 def test_gn_family_section_by_hand(tmp_path):
@@ -253,6 +268,31 @@ def test_shift_section_counts_models_and_seeds(tmp_path, monkeypatch):
     text = shift.shift_section(tmp_path)
     assert text.endswith("8 models (the study's and BN's, 2 seeds each) on the 10,000 test images under every shift; "
                          "test accuracy %, mean ± std over seeds; Some CPU, torch 2.0, 1 torch thread.")
+
+
+def test_shift_comparisons_section_by_hand(tmp_path, monkeypatch):
+    def rows(shift_name, severity, bn_l1_running):
+        acc = {("gn", None): [99.0, 99.1, 99.2], ("ln", None): [98.0, 98.1, 98.2], ("bn", "running"): [10.0, 11.0, 12.0],
+               ("bn_l1", "running"): bn_l1_running, **{(v, m): [50.0, 51.0, 52.0] for v in ("bn", "bn_l1")
+                                                      for m in ("test_batch", "adapted")}}
+        return [{"variant": v, "bn_stats": m, "shift": shift_name, "severity": severity, "seed": seed, "test_acc": a}
+                for (v, m), values in acc.items() for seed, a in reversed(list(enumerate(values)))]
+    write(tmp_path, "shift.json", {"results": rows("clean", 0, [10.0, 11.5, 12.0]) + rows("contrast", 3, [20.0, 21.0, 22.0])})
+    monkeypatch.setattr(shift, "FINDINGS", {"Contrast": [(("gn", None), ("bn", "running"), "contrast", 3),
+                                                         (("bn_l1", "adapted"), ("bn", "adapted"), "contrast", 3)]})
+    lines = shift.shift_comparisons_section(tmp_path).splitlines()
+    assert lines[0] == "*Contrast* (2 comparisons):" and "| 97.5% interval (Welch) |" in lines[2]
+    assert lines[4].startswith("| contrast 3: GN − BN | 3 + 3 | 99.10 | 11.00 | +88.10 |") and "**separated**" in lines[4]
+    assert lines[5].startswith("| contrast 3: BN+L1, adapted stats − BN, adapted stats | 3 + 3 | 51.00 | 51.00 | +0.00 |")
+    # BN+L1 − BN: 2 conditions x 3 modes, 99.17% intervals, t(1 - 0.05 / 12, df 4) = 5.2; at contrast 3 as deployed
+    # 10 ± t x sqrt(2/3), separated; the clean one +0.50 of a half-width t x sqrt(1.0833/3 + 1/3), not
+    t = t_quantile(1 - 0.05 / 12, 4)
+    assert "*BN+L1 − BN under every condition* (2 conditions, clean included, x 3 BN modes: 6 comparisons):" in lines
+    running = next(line for line in lines if line.startswith("| running statistics"))
+    assert running.startswith(f"| running statistics (as deployed) | 2 | 1 | contrast 3: +10.00 "
+                              f"({10 - t * (2 / 3) ** 0.5:+.2f} to {10 + t * (2 / 3) ** 0.5:+.2f}) |")
+    assert "| test-batch statistics | 2 | 0 | " in "\n".join(lines) and "99.17% interval, Welch" in "\n".join(lines)
+    assert lines[-1].startswith("From `results/shift.json` (3 seeds per variant;")
 
 
 def test_gn_family_study_section_orders_the_rows_by_groups(tmp_path):

@@ -67,3 +67,10 @@ def test_welch_table_adjusts_over_its_family_and_names_the_verdict():
     assert table[2].startswith("| BN − GN | 3 + 3 | 99.30 | 98.50 | +0.80 |") and table[2].endswith("| **separated** |")
     wide = welch(*close, alpha=0.025)
     assert f"{wide['low']:+.2f} to {wide['high']:+.2f} | not told apart (would detect {wide['detectable']:.2f}) |" in table[3]
+    assert "| A − B (norm) | 95% interval (Welch) |" in welch_table([("BN", close[0], "GN", close[1])], unit="norm")
+
+
+def test_an_undefined_interval_is_never_separated_and_a_constant_group_is_fine():
+    assert not welch([99.0, 99.0, 99.0], [99.0, 99.0, 99.0])["separated"]  # no spread at all: NaN, not a verdict
+    constant = welch([0.83, 0.83, 0.83], [0.83, 2.5, 0.0])  # one group without spread, the other with
+    assert math.isfinite(constant["low"]) and not constant["separated"]

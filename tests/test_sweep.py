@@ -152,3 +152,68 @@ def test_results_paths_are_relative_to_the_working_folder(tiny_mnist, tmp_path, 
     results = json.loads((tmp_path / sweep.RESULTS["equal_steps"]).read_text())
     assert [(r["config"]["batch_size"], r["config"]["epochs"]) for r in results["runs"]] == [(128, 2)]
     assert (tmp_path / "runs" / "batch_size" / run_name(Config(norm="gn", batch_size=128, epochs=2))).is_dir()
+
+
+# ---- the Welch tables: Bonferroni over each batch size's family, verdicts as stats.welch gives them ----------------
+APART, CLOSE = ([99.30, 99.31, 99.29], [98.50, 98.52, 98.48]), ([99.3, 99.2, 99.4], [99.25, 99.35, 99.2])
+
+
+def test_welch_by_batch_adjusts_over_each_batch_sizes_family():
+    from plumbing.stats import welch
+    accs = {("BN", 8): APART[0], ("GN", 8): APART[1], ("LN", 8): [99.0],  # one LN seed: no row, still in the family
+            ("BN", 64): CLOSE[0], ("GN", 64): CLOSE[1], ("LN", 64): [99.3, 99.1, 99.2]}
+    lines = sweep.welch_by_batch("The norms", accs, [("BN", "GN"), ("BN", "LN"), ("GN", "LN")]).splitlines()
+    assert lines[0] == "*The norms* (3 comparisons at each batch size, one Bonferroni family):"
+    assert "98.33% interval (Welch)" in lines[2]  # 1 - 0.05/3, though batch 8 shows one row
+    rows = lines[4:]
+    assert [row.split(" | ")[0] for row in rows] == ["| batch 8: BN − GN", "| batch 64: BN − GN", "| batch 64: BN − LN",
+                                                    "| batch 64: GN − LN"]
+    assert rows[0].endswith("| **separated** |")
+    close = welch(*CLOSE, alpha=0.05 / 3)
+    assert rows[1].endswith(f"| {close['low']:+.2f} to {close['high']:+.2f} | not told apart "
+                            f"(would detect {close['detectable']:.2f}) |")
+    only_64 = sweep.welch_by_batch("The norms", accs, [("BN", "GN")], sizes=[64]).splitlines()
+    assert "95% interval" in only_64[2] and [row.split(" | ")[0] for row in only_64[4:]] == ["| batch 64: BN − GN"]
+
+
+def test_final_accs_and_best_points_read_finished_runs_in_seed_order():
+    runs = [sweep_run("bn", 8, 1, 99.2, test_acc_batch_stats=98.0), sweep_run("bn", 8, 0, 99.0, test_acc_batch_stats=97.0),
+            sweep_run("bn", 64, 0, 99.4), sweep_run("bn", 64, 1, 99.5), {**sweep_run("gn", 8, 0, 10.0), "diverged": 2},
+            sweep_run("gn", 8, 1, 99.1)]
+    assert sweep.final_accs(runs) == {("BN", 8): [99.0, 99.2], ("BN", 64): [99.4, 99.5], ("GN", 8): [99.1]}
+    assert sweep.final_accs(runs, "test_acc_batch_stats", " (batch stats)") == {("BN (batch stats)", 8): [97.0, 98.0]}
+    accs = {**sweep.final_accs(runs), ("GN", 8): [99.1, 99.3]}
+    [(name_a, a, name_b, b)] = sweep.best_points(accs, ["BN", "GN"])
+    assert (name_a, a, name_b, b) == ("BN at batch 64", [99.4, 99.5], "GN at batch 8", [99.1, 99.3])
+
+
+def test_mixed_machines_names_each_point_trained_on_two_machines():
+    def on(cpu, run):
+        return {**run, "cpu": cpu, "fingerprint": {"family_model_stepping": "6/207/2" if cpu == "Intel" else "26/2/1"}}
+    runs = [on("Intel", sweep_run("in", 64, 0, 98.2)), on("Intel", sweep_run("in", 64, 1, 98.4)),
+            on("AMD", sweep_run("in", 64, 2, 98.5)), on("AMD", sweep_run("in", 8, 0, 98.7)),
+            on("AMD", sweep_run("in", 8, 1, 98.9))]
+    assert sweep.mixed_machines(runs) == ("IN at batch 64: seeds 0, 1 on Intel, family/model 6/207, "
+                                          "seed 2 on AMD, family/model 26/2")
+    assert sweep.mixed_machines(runs[3:]) == ""
+
+
+def test_sections_compare_the_sweeps_runs(tmp_path):
+    assert sweep.gn_family_welch_section(tmp_path).startswith("Not run yet: `python -m lab.sweep`")
+    def extras(norm, seed):
+        return {"test_acc_batch_stats": 97.5 - seed / 10, "test_acc_precise_stats": 98.5 + seed / 5} if norm == "bn" else {}
+    runs = [{**sweep_run(norm, 8, seed, acc + seed / 10, **extras(norm, seed)), "device": "cpu", "torch": "2.0",
+             "cpu": "Some CPU"} for seed in range(3) for norm, acc in (("bn", 98.0), ("gn", 99.0), ("ln", 99.1))]
+    (tmp_path / "batch_size_sweep.json").write_text(json.dumps({"summary": [], "runs": runs}))
+    assert sweep.gn_family_welch_section(tmp_path).startswith("Not run yet: `python -m lab.sweep --norms gn2 in")
+    text = sweep.batch_size_welch_section(tmp_path)
+    assert "| batch 8: BN − GN | 3 + 3 | 98.10 | 99.10 | -1.00 |" in text
+    assert "| BN at batch 8 − GN at batch 8 |" in text and "| batch 8: GN − BN (recomputed stats) |" in text
+    runs += [{**sweep_run("none", 8, seed, 97.0 + seed / 10), "device": "cpu", "torch": "2.1", "cpu": "Other CPU"}
+             for seed in range(3)]
+    (tmp_path / "batch_size_sweep.json").write_text(json.dumps({"summary": [], "runs": runs}))
+    text = sweep.no_norm_welch_section(tmp_path)
+    assert "*No norm against each norm* (5 comparisons at each batch size" in text and "99% interval" in text
+    assert [line.split(" | ")[0] for line in text.splitlines()[4:7]] == [
+        "| batch 8: no norm − BN", "| batch 8: no norm − GN", "| batch 8: no norm − LN"]  # no GN(2), IN: no rows
+    assert "torch 2.1" in text and "two machines:" not in text
