@@ -4,9 +4,9 @@ Markdown) and, where it has one, its figure (`redraw(results_dir, images_dir, da
 when its results file is absent). `python plots.py` and `python report.py` follow this list; a new experiment is its
 module, its test, its page, and one line here.
 """
-from lab import guide_report, l1_weights, lr_range, norm_example, shift, study, sweep
+from lab import beyond, guide_report, l1_weights, lr_range, norm_example, shift, study, sweep
 
-EXPERIMENTS = (study, sweep, lr_range, shift, l1_weights, norm_example, guide_report)  # figures drawn, sections listed in this order
+EXPERIMENTS = (study, sweep, lr_range, shift, l1_weights, norm_example, guide_report, beyond)  # figures drawn, sections listed in this order
 
 
 def redraw(results_dir, images_dir, data_dir):

@@ -1,0 +1,111 @@
+"""Beyond BN, GN and LN (docs/beyond.md): the seven norms against the batch size, and BN's normalization batch, from
+the guide's paired runs (results/guide/batch_*.json, trained by `python -m lab.guide`).
+
+Nothing trains here: the table and the figure read the guide's results files (`python report.py --write`,
+`python plots.py`); the verdicts are the guide's paired intervals (docs/protocol.md, "The evidence so far").
+"""
+from pathlib import Path
+
+from lab.guide import BATCH_NORMS
+from lab.guide_report import GUIDE
+from plumbing.config import VARIANTS, config_from_record
+from plumbing.results import load_results, over_seeds
+
+PAGE = "docs/beyond.md"
+POINTS = {2: "batch_2", 8: "batch_8", 64: "batch_64", 512: "batch_512"}  # batch size -> its guide point
+FIGURE = "beyond"
+
+
+def final_accuracies(results):
+    """{(norm, batch size, normalization batch): {seed: final test accuracy}} of the guide's batch points (a diverged
+    run has None), normalization batch 0 for a norm over the whole batch."""
+    cells = {}
+    for batch_size, point in POINTS.items():
+        for run in load_results(Path(results) / GUIDE / f"{point}.json")["runs"]:
+            config = config_from_record(run["config"])
+            accuracy = None if "diverged" in run else run["epochs"][-1]["test_acc"]
+            cells.setdefault((config.norm, batch_size, config.bn_batch), {})[config.seed] = accuracy
+    return cells
+
+
+def cell(by_seed):
+    """'99.21 ± 0.05 (6)' or '99.16 (1)': mean ± std of the finished seeds and how many; diverged seeds named."""
+    values = [v for v in by_seed.values() if v is not None]
+    spread = over_seeds(values)
+    text = (f"{spread['mean']:.2f}" + (f" ± {spread['std']:.2f}" if len(values) > 1 else "") + f" ({len(values)})"
+            if values else "")
+    diverged = len(by_seed) - len(values)
+    return text + (f", {diverged} diverged" if diverged else "")
+
+
+def beyond_section(results):
+    """The seven norms (rows) at each batch size (columns), and BN over slices: mean ± std test accuracy, seeds."""
+    cells = final_accuracies(results)
+    if not cells:
+        return "Not run yet: `python -m lab.guide` writes `results/guide/batch_*.json`."
+    rows = [(VARIANTS[norm].label, [cells.get((norm, b, 0), {}) for b in POINTS]) for norm in BATCH_NORMS]
+    rows += [(f"BN over slices of {k}", [cells.get(("bn", b, k), {}) for b in POINTS])
+             for k in sorted({k for (_, _, k) in cells if k})]
+    lines = ["| norm | " + " | ".join(f"batch {b}" for b in POINTS) + " |", "|---|" + "---:|" * len(POINTS)]
+    lines += [f"| {label} | " + " | ".join(cell(by_seed) for by_seed in by_batch) + " |" for label, by_batch in rows]
+    runs = [r for point in POINTS.values() for r in load_results(Path(results) / GUIDE / f"{point}.json")["runs"]]
+    from lab.sections import machines, seeds_line
+    return "\n".join(lines + ["", f"Final test accuracy (%) after 3 epochs, mean ± std over the seeds in brackets, "
+                                  f"from `results/guide/batch_*.json` ({len(runs)} runs, {seeds_line(runs)}, on "
+                                  f"{machines(runs)}). The paired comparisons: [the protocol page]"
+                                  f"(protocol.md#the-evidence-so-far)."])
+
+
+SECTIONS = {"BEYOND": beyond_section}
+
+
+def plot_beyond(cells):
+    """Test error against batch size for each norm (left); BN's error against its normalization batch (right)."""
+    import matplotlib.pyplot as plt
+    from lab.figures import DPI, plain_log_axis
+    fig, (norms_ax, slices_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
+    for norm in BATCH_NORMS:
+        points = [(b, cells[(norm, b, 0)]) for b in POINTS if cells.get((norm, b, 0))]
+        plot_seeds(norms_ax, points, VARIANTS[norm].color, VARIANTS[norm].label)
+    for batch_size, marker in ((64, "o"), (512, "s")):
+        slices = sorted({k for (n, b, k) in cells if n == "bn" and b == batch_size and k}) + [batch_size]
+        points = [(k, cells[("bn", batch_size, k if k != batch_size else 0)]) for k in slices
+                  if cells.get(("bn", batch_size, k if k != batch_size else 0))]
+        plot_seeds(slices_ax, points, VARIANTS["bn"].color, f"BN, batch {batch_size}", marker=marker)
+    seeds = max((len(by_seed) for by_seed in cells.values()), default=0)
+    norms_ax.set(title=f"Test error after 3 epochs (line: mean over up to {seeds} seed{'s' * (seeds > 1)}; dots: each seed)",
+                 xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
+    slices_ax.set(title="BN normalized over slices of the batch\n(the optimizer steps on the whole batch)",
+                  xlabel="images per normalization slice (log2 scale)", ylabel="test error (%, log scale)")
+    for ax in (norms_ax, slices_ax):
+        ax.set_xscale("log", base=2)
+        plain_log_axis(ax)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    norms_ax.set_xticks(list(POINTS), [str(b) for b in POINTS])
+    slices_ax.set_xticks([2, 4, 8, 16, 64, 512], ["2", "4", "8", "16", "64", "512"])
+    fig.tight_layout()
+    return fig
+
+
+def plot_seeds(ax, points, color, label, marker="o"):
+    """The mean test error over the finished seeds of each (x, {seed: accuracy}) as a line, each seed as a dot."""
+    xs, means = [], []
+    for x, by_seed in points:
+        values = [100 - v for v in by_seed.values() if v is not None]
+        if values:
+            xs.append(x)
+            means.append(sum(values) / len(values))
+            ax.plot([x] * len(values), values, marker, ms=3, color=color, alpha=0.35, ls="none")
+    if xs:
+        ax.plot(xs, means, "-", marker=marker, ms=5, color=color, label=label)
+
+
+def redraw(results_dir, images_dir, data_dir=None):
+    """images_dir/beyond.png from the guide's batch points; [] before any of them has a run."""
+    cells = final_accuracies(results_dir)
+    if not cells:
+        return []
+    from lab.figures import save_figures
+    return save_figures({FIGURE: plot_beyond(cells)}, images_dir)
