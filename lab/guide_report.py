@@ -126,8 +126,8 @@ def chosen_lr_section(results):
         runs = load_results(Path(results) / GUIDE / f"{selection}.json")["runs"]
         lrs = list(dict.fromkeys(c.lr for c in POINTS[selection]))
         seeds = sorted({r["config"]["seed"] for r in runs})
-        lines += ["", f"*{selection}* (validation accuracy, mean over seeds {', '.join(map(str, seeds)) or 'none'}"
-                  f" of {SELECTION_SEEDS[selection]}):", "",
+        lines += ["", f"*{selection}*: validation accuracy (%) after 3 epochs, mean over seeds "
+                  f"{', '.join(map(str, seeds)) or 'none yet'} (the choice waits for {SELECTION_SEEDS[selection]}):", "",
                   "| norm | " + " | ".join(f"LR {lr:g}" for lr in lrs) + " | chosen |", "|---|" + "---:|" * len(lrs)
                   + "---|"]
         for norm in COMPARED:
