@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from functools import lru_cache
+from itertools import combinations
 from pathlib import Path
 
 from plumbing.cli import DATA_DIR_HELP, PATHS_NOTE, add_engine_flags, check_engine_args
@@ -166,7 +167,7 @@ FINDINGS = {
         [(a, b, name, 3) for name in INTENSITY for a in PER_IMAGE for b in BN_DEPLOYED],
     "BN+L1 with statistics re-estimated on the shifted images, severity 3":
         [(("bn_l1", "adapted"), b, name, 3) for name in ("contrast", *INTENSITY) for b in (BN_DEPLOYED[0], *PER_IMAGE)],
-    "Rotation 3": [(("gn", None), ("ln", None), "rotation", 3)],
+    "Rotation 3, as deployed": [(a, b, "rotation", 3) for a, b in combinations((*PER_IMAGE, *BN_DEPLOYED), 2)],
     "Translation and scale at severity 3": [
         (("bn", "running"), ("gn", None), "translation", 3), (("bn", "adapted"), ("bn", "running"), "translation", 3),
         *[(("gn", None), b, "scale", 3) for b in (("ln", None), *BN_DEPLOYED)],
