@@ -7,7 +7,7 @@ from itertools import combinations
 from pathlib import Path
 
 from lab.guide import ALL_POINTS, CHOSEN, GUIDE_DIR, POINTS, SELECTION_SEEDS, point_configs, variant_name
-from lab.sections import machines
+from lab.sections import machines, seeds_line
 from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, config_from_record, run_label
 from plumbing.results import group_by, load_results
 
@@ -70,8 +70,10 @@ def comparison_row(a, b, runs, family):
     accs_a, accs_b = [p[0] for p in pairs.values()], [p[1] for p in pairs.values()]
     head = f"| {label(a)} − {label(b)} | {len(pairs)}"
     note = f" ({'; '.join(left_out)})" if left_out else ""
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
     if len(pairs) < 2:
-        return f"{head} | | | | | too few paired seeds{note} |"
+        shown = f"{accs_a[0]:.2f} | {accs_b[0]:.2f} | {accs_a[0] - accs_b[0]:+.2f} | " if pairs else "| | | "
+        return f"{head} | {shown}| no interval from {len(pairs)} seed{note} |"
     result = paired(accs_a, accs_b, family=family)
     if len(pairs) < VERDICT_SEEDS:
         verdict = f"none yet: {len(pairs)} of {VERDICT_SEEDS} seeds"
@@ -79,7 +81,6 @@ def comparison_row(a, b, runs, family):
         verdict = "**separated**"
     else:
         verdict = f"not told apart (would detect {result['detectable']:.2f})"
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
     return (f"{head} | {mean(accs_a):.2f} | {mean(accs_b):.2f} | {result['difference']:+.2f} | "
             f"{result['low']:+.2f} to {result['high']:+.2f} | {verdict}{note} |")
 
@@ -109,8 +110,7 @@ def guide_points_section(results):
         if not runs:
             lines.append(f"- **{point}**: no runs yet.")
             continue
-        seeds = sorted({r["config"]["seed"] for r in runs})
-        lines.append(f"- **{point}**: {len(runs)} runs, seeds {', '.join(map(str, seeds))}, on {machines(runs)}.")
+        lines.append(f"- **{point}**: {len(runs)} runs, {seeds_line(runs)}, on {machines(runs)}.")
     lines.append("")
     for point in ALL_POINTS:
         runs = load_results(Path(results) / GUIDE / f"{point}.json")["runs"]
@@ -125,9 +125,8 @@ def chosen_lr_section(results):
     for point, selection in CHOSEN.items():
         runs = load_results(Path(results) / GUIDE / f"{selection}.json")["runs"]
         lrs = list(dict.fromkeys(c.lr for c in POINTS[selection]))
-        seeds = sorted({r["config"]["seed"] for r in runs})
-        lines += ["", f"*{selection}*: validation accuracy (%) after 3 epochs, mean over seeds "
-                  f"{', '.join(map(str, seeds)) or 'none yet'} (the choice waits for {SELECTION_SEEDS[selection]}):", "",
+        lines += ["", f"*{selection}*: validation accuracy (%) after 3 epochs, mean over "
+                  f"{seeds_line(runs) if runs else 'no seed yet'} (the choice needs {SELECTION_SEEDS[selection]}):", "",
                   "| norm | " + " | ".join(f"LR {lr:g}" for lr in lrs) + " | chosen |", "|---|" + "---:|" * len(lrs)
                   + "---|"]
         for norm in COMPARED:

@@ -52,9 +52,9 @@ def where_line(runs):
 
 
 def seeds_line(runs):
-    """'seeds 0, 1, 2': the seeds of these runs, each once, so a reader can tell which seeds a number averages."""
+    """'seeds 0, 1, 2' (or 'seed 0'): the seeds of these runs, each once, so a reader can tell which seeds a number averages."""
     seeds = sorted({r["config"]["seed"] for r in runs})
-    return f"seeds {', '.join(map(str, seeds))}"
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
 def welch_table(pairs, family=None, unit="points"):

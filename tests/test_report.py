@@ -181,7 +181,7 @@ def test_gn_family_section_by_hand(tmp_path):
     lines = sweep.gn_family_section(tmp_path).splitlines()
     assert lines[0] == "| batch | epochs | LN (1 group) | GN(2) (2 groups) | GN (4 groups) | IN (1 channel per group) |"
     assert lines[2] == "| 8 | 3 | 99.10 ± 0.05 | 99.20 ± 0.05 | 99.30 ± 0.05 | - |"  # only where GN(2) or IN ran
-    assert len(lines) == 5 and "GN(2) and IN: 1 runs (seeds 0)" in lines[4]
+    assert len(lines) == 5 and "GN(2) and IN: 1 runs (seed 0)" in lines[4]
 
 
 def test_model_section_counts_every_parameter():
@@ -243,7 +243,7 @@ def test_batch_size_section_leaves_the_gn_family_out_and_adds_the_hours(tmp_path
                                               "runs": [run("bn"), run("gn", 2), run("none")]})
     text = sweep.batch_size_section(tmp_path)
     assert "GN(2)" not in text and "no norm" not in text
-    assert "1 runs of 3 epochs (seeds 0; mean ± std over seeds), device `cpu`, torch 2.0 per run; 1.5 hours" in text
+    assert "1 runs of 3 epochs (seed 0; mean ± std over seeds), device `cpu`, torch 2.0 per run; 1.5 hours" in text
 
 
 def test_levers_section_sorts_bn_first_and_gives_each_runs_range(tmp_path):
