@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 from lab.sections import read
-from plumbing.config import NORM_COSTS_FILE
+from plumbing.config import NORM_COSTS_FILE, VARIANTS
 
 
 def speed_summary_section(results):
@@ -76,20 +76,22 @@ def compile_section(results, study_name="study_amd_epyc.json"):
 
 
 def norm_costs_section(results):
-    """Seconds per training epoch and inference images/s of each norm at each batch size (bench.py norms)."""
+    """Seconds per training epoch (one table) and inference images/s (another) of each norm at each batch size
+    (bench.py norms), the norms as columns."""
     report = read(results, NORM_COSTS_FILE)
     results, hw, args = report["results"], report["hardware"], report["args"]
     norms = list(results)
-    lines = ["| batch | " + " | ".join(f"{n.upper()} train s/epoch" for n in norms) + " | "
-             + " | ".join(f"{n.upper()} inference images/s" for n in norms) + " |",
-             "|---:|" + "---:|" * (2 * len(norms))]
-    for b in results[norms[0]]:
-        lines.append(f"| {b} | " + " | ".join(f"{results[n][b]['train_epoch_s']:.1f}" for n in norms) + " | "
-                     + " | ".join(f"{results[n][b]['inference_images_per_s']:,.0f}" for n in norms) + " |")
-    lines += ["", f"From `results/{NORM_COSTS_FILE}`: {hw['processor']}, {hw['torch_threads']} torch threads, "
-                  f"torch {hw['torch']}; the bare model step on one fixed batch (no data pipeline), medians of "
-                  f"{args['rounds']} rounds in which the norms take turns; a training epoch is 60,000 images."]
-    return "\n".join(lines)
+    head = "| batch | " + " | ".join(VARIANTS[n].label for n in norms) + " |\n|---:|" + "---:|" * len(norms)
+
+    def table(key, cell):
+        return "\n".join([head] + [f"| {b} | " + " | ".join(cell(results[n][b][key]) for n in norms) + " |"
+                                   for b in results[norms[0]]])
+    return "\n".join([
+        "*Seconds per training epoch:*", "", table("train_epoch_s", lambda v: f"{v:.1f}"), "",
+        "*Inference, images per second:*", "", table("inference_images_per_s", lambda v: f"{v:,.0f}"), "",
+        f"From `results/{NORM_COSTS_FILE}`: {hw['processor']}, {hw['torch_threads']} torch threads, "
+        f"torch {hw['torch']}; the bare model step on one fixed batch (no data pipeline), medians of "
+        f"{args['rounds']} rounds in which the norms take turns; a training epoch is 60,000 images."])
 
 
 def inference_section(results):

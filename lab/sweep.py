@@ -425,7 +425,7 @@ def plot_costs(ax, costs):
     for norm, by_batch in costs["results"].items():
         sizes = sorted(by_batch, key=int)
         ax.plot([int(b) for b in sizes], [by_batch[b]["train_epoch_s"] for b in sizes], marker="o", ms=4,
-                color=VARIANTS[norm].color, label=norm.upper())
+                color=VARIANTS[norm].color, label=VARIANTS[norm].label)
     hw = costs["hardware"]
     ax.set(title=f"Training time per epoch (bench.py norms)\n{hw['processor']}, {hw['torch_threads']} "
                  f"thread(s), norms side by side", xlabel="training batch size (log2 scale)",
