@@ -7,9 +7,9 @@ from itertools import combinations
 from pathlib import Path
 
 from lab.guide import ALL_POINTS, CHOSEN, GUIDE_DIR, POINTS, SELECTION_SEEDS, point_configs, variant_name
-from lab.sections import machines, seeds_line
-from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, config_from_record, run_label
-from plumbing.results import group_by, load_results
+from lab.sections import machines, needs, seeds_line
+from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, VARIANTS, config_from_record, run_label
+from plumbing.results import group_by, load_results, run_key
 
 PAGE = "docs/protocol.md"
 VERDICT_SEEDS = 6  # a comparison decides only with this many paired seeds (docs/protocol.md, rule 1)
@@ -45,30 +45,41 @@ def families(point, configs):
     return [("every pair", list(combinations(configs, 2)))]  # equal steps, the chosen LRs
 
 
-def paired_seeds(runs_a, runs_b):
-    """{seed: (acc a, acc b)} where both runs finished on one machine (equal fingerprints), and the seeds left
-    out with why."""
-    b_by_seed = {r["config"]["seed"]: r for r in runs_b}
+def by_seed(runs):
+    """{seed: (final test accuracy, or None where the run diverged; its machine's fingerprint)} of one variant."""
+    return {r["config"]["seed"]: (None if "diverged" in r else r["epochs"][-1]["test_acc"], r.get("fingerprint"))
+            for r in runs}
+
+
+def paired_seeds(a, b):
+    """{seed: (acc a, acc b)} of the seeds whose runs (by_seed) both finished on one machine (equal fingerprints),
+    and the seeds left out with why."""
     pairs, left_out = {}, []
-    for a in runs_a:
-        seed, b = a["config"]["seed"], b_by_seed.get(a["config"]["seed"])
-        if b is None:
+    for seed, (acc_a, machine_a) in a.items():
+        if seed not in b:
             continue
-        if "diverged" in a or "diverged" in b:
+        acc_b, machine_b = b[seed]
+        if acc_a is None or acc_b is None:
             left_out.append(f"seed {seed} diverged")
-        elif not a.get("fingerprint") or a["fingerprint"] != b["fingerprint"]:
+        elif not machine_a or machine_a != machine_b:
             left_out.append(f"seed {seed} on two machines")
         else:
-            pairs[seed] = (a["epochs"][-1]["test_acc"], b["epochs"][-1]["test_acc"])
+            pairs[seed] = (acc_a, acc_b)
     return pairs, left_out
 
 
 def comparison_row(a, b, runs, family):
+    """One table row of configs a and b (their runs in `runs` by variant name)."""
+    return interval_row(label(a), by_seed(runs.get(variant_name(a), [])), label(b),
+                        by_seed(runs.get(variant_name(b), [])), family)
+
+
+def interval_row(name_a, a, name_b, b, family):
     """One table row: a - b over the seeds paired on one machine, the adjusted interval, the verdict."""
     from plumbing.stats import paired
-    pairs, left_out = paired_seeds(runs.get(variant_name(a), []), runs.get(variant_name(b), []))
+    pairs, left_out = paired_seeds(a, b)
     accs_a, accs_b = [p[0] for p in pairs.values()], [p[1] for p in pairs.values()]
-    head = f"| {label(a)} − {label(b)} | {len(pairs)}"
+    head = f"| {name_a} − {name_b} | {len(pairs)}"
     note = f" ({'; '.join(left_out)})" if left_out else ""
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     if len(pairs) < 2:
@@ -142,4 +153,33 @@ def chosen_lr_section(results):
     return "\n".join(lines).strip()
 
 
-SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section}
+@needs(f"{GUIDE}/shift.json", f"python -m lab.shift --results {GUIDE_DIR} --from recipe.json")
+def guide_shift_section(results, evaluated):
+    """The recipe's models under the strongest severity of each shift (and clean), as deployed: each variant against
+    GN(4) of the same seed, paired where both trained on one machine, Bonferroni over the comparisons of a
+    condition."""
+    recipe = load_results(Path(results) / GUIDE / "recipe.json")["runs"]
+    machine = {(run_key(r), r["config"]["seed"]): r.get("fingerprint") for r in recipe}
+    strongest = {}
+    for row in evaluated["results"]:
+        strongest[row["shift"]] = max(strongest.get(row["shift"], 0), row["severity"])
+    accs = {}
+    for row in evaluated["results"]:
+        if row["severity"] == strongest[row["shift"]] and row["bn_stats"] in (None, "running"):
+            key = (row["variant"], row["shift"], row["severity"])
+            accs.setdefault(key, {})[row["seed"]] = (row["test_acc"], machine.get((row["variant"], row["seed"])))
+    others = [key for key in dict.fromkeys(run_key(r) for r in recipe) if key != "gn"]
+    lines = ["| test accuracy, A − B | paired seeds | A | B | A − B (points) | interval | verdict |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for shift, severity in strongest.items():
+        lines += [interval_row(f"{shift.replace('_', ' ')} {severity}: {VARIANTS[key].label}",
+                               accs.get((key, shift, severity), {}), "GN", accs.get(("gn", shift, severity), {}),
+                               len(others)) for key in others]
+    return "\n".join(lines + ["", f"From `results/{GUIDE}/shift.json` and `results/{GUIDE}/recipe.json` (the "
+                                   f"models' machines): each shift at its strongest severity, BN with its running "
+                                   f"statistics (as deployed); {len(others)} comparisons per condition, one "
+                                   f"Bonferroni family ({100 * (1 - 0.05 / max(len(others), 1)):.4g}% intervals)."])
+
+
+SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,
+            "GUIDE_SHIFT": guide_shift_section}

@@ -31,6 +31,10 @@ def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results", default=RESULTS_DIR, help="folder with study.json, study_bn.json and models/")
+    p.add_argument("--from", dest="sources", nargs="+", default=None, metavar="FILE",
+                   help="results files in --results whose saved models to evaluate, instead of the study's two "
+                        "(e.g. --results results/guide --from recipe.json: the guide's paired 20-epoch runs); "
+                        "the figures are drawn for the study's files only")
     p.add_argument("--images", default=IMAGES_DIR, help="folder for shift.png and shift_examples.png")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     add_engine_flags(p)
@@ -74,19 +78,26 @@ def conditions():
     return [("clean", 0)] + [(name, severity) for name in SHIFTS for severity in LEVELS[name]]
 
 
-def saved_models(results_dir):
-    """(variant key, seed, config, weights) of every run in the studies' results files: the weights travel with
-    the tasks, so a worker on another machine needs no copy of results/."""
+def saved_models(results_dir, sources=None):
+    """(variant key, seed, config, weights) of every run in the results files `sources` (names in results_dir;
+    unset: the studies' files): the weights travel with the tasks, so a worker on another machine needs no copy of
+    results/. A diverged run has no weights and is left out."""
     models = []
-    for variants in STUDIES:
-        path = results_file(results_dir, variants)
+    for path, command in source_files(results_dir, sources):
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing; train it with python main.py --norm all --variants "
-                                    f"{' '.join(variants)} --seeds 0 1 2")
-        for run in json.loads(path.read_text())["runs"]:
+            raise FileNotFoundError(f"{path} is missing; {command} writes it")
+        for run in (run for run in json.loads(path.read_text())["runs"] if "diverged" not in run):
             model = load_model(model_path(Path(results_dir) / "models", run), run["config"])
             models.append((run_key(run), run["config"]["seed"], run["config"], model.state_dict()))
     return models
+
+
+def source_files(results_dir, sources=None):
+    """[(results file, the command that writes it)]: `sources` in results_dir, or the studies' files."""
+    if sources:
+        return [(Path(results_dir) / name, "its experiment (results/guide/: python -m lab.guide)") for name in sources]
+    return [(results_file(results_dir, variants),
+             f"python main.py --norm all --variants {' '.join(variants)} --seeds 0 1 2") for variants in STUDIES]
 
 
 @lru_cache(maxsize=1)
@@ -237,10 +248,11 @@ def shift_comparisons_section(results):
 SECTIONS = {"SHIFT": shift_section, "SHIFT_COMPARISONS": shift_comparisons_section}  # block name -> its writer
 
 
-def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
-    """Evaluate every saved model under every condition; write results/shift.json and both figures."""
+def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print, sources=None):
+    """Evaluate every saved model of `sources` (unset: the study's) under every condition; write shift.json in
+    results_dir, and for the study's models both figures."""
     began = time.perf_counter()
-    models = saved_models(results_dir)
+    models = saved_models(results_dir, sources)
     data_dir = str(Path(data_dir).absolute())  # the same path on every node
     if not address:
         ensure_mnist(data_dir)  # here, once, before the workers need it
@@ -259,7 +271,7 @@ def run(results_dir, images_dir, data_dir, workers=1, address=None, log=print):
     path = Path(results_dir) / RESULTS_FILE
     save_json({"summary": summarize(rows), "results": rows, "device": "cpu", "cpu": cpu_name(), "threads": 1,
                "torch": torch.__version__, "workers": workers, "seconds": time.perf_counter() - began}, path)
-    return [path, *redraw_shift(path, images_dir, data_dir)]
+    return [path, *([] if sources else redraw_shift(path, images_dir, data_dir))]
 
 
 # ---- the shift study ----------------------------------------------------------------------------
@@ -344,7 +356,8 @@ def redraw_shift(results_path, images_dir, data_dir):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        paths = run(args.results, args.images, args.data_dir or default_data_dir(), args.workers, args.address)
+        paths = run(args.results, args.images, args.data_dir or default_data_dir(), args.workers, args.address,
+                    sources=args.sources)
     except (OSError, DataError, WriteError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

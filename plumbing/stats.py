@@ -5,6 +5,7 @@
   Bonferroni-adjusted over the `family` of comparisons a row reports (docs/protocol.md);
 - both: the smallest true difference the seeds would detect with probability POWER.
 """
+import contextlib
 import math
 import statistics
 import warnings
@@ -25,6 +26,15 @@ def detectable(se, df, alpha, power=POWER):
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se
 
 
+@contextlib.contextmanager
+def equal_values_allowed():
+    """SciPy without its warning for samples of equal values: a seed group (or a paired difference) without spread
+    is data here, not a loss of precision."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        yield
+
+
 def excludes_zero(low, high):
     """Whether the interval [low, high] lies wholly on one side of 0 (never for an undefined, NaN interval)."""
     return bool(low > 0 or high < 0)
@@ -33,8 +43,7 @@ def excludes_zero(low, high):
 def welch(a, b, alpha=ALPHA, power=POWER):
     """Mean of a minus mean of b, its (1 - alpha) Welch interval (SciPy's ttest_ind, equal_var=False), and the
     smallest true difference samples of these sizes and spreads would detect with probability `power`."""
-    with warnings.catch_warnings():  # a group of equal values (std 0) is data, not a loss of precision
-        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+    with equal_values_allowed():
         test = stats.ttest_ind(a, b, equal_var=False)
     low, high = test.confidence_interval(1 - alpha)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
@@ -50,7 +59,8 @@ def paired(a, b, family=1, alpha=ALPHA, power=POWER):
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"a paired interval needs two equal lists of at least 2 seeds, not {len(a)} and {len(b)}")
     level = alpha / family
-    test = stats.ttest_rel(a, b)
+    with equal_values_allowed():
+        test = stats.ttest_rel(a, b)
     low, high = test.confidence_interval(1 - level)
     differences = [x - y for x, y in zip(a, b)]
     se = statistics.stdev(differences) / math.sqrt(len(a))

@@ -17,7 +17,7 @@ def test_only_seeds_finished_on_one_machine_pair():
     a, b = Config(norm="gn"), Config(norm="bn")
     runs_a = [record(a, 0, 99.0), record(a, 1, 99.1, machine="B"), record(a, 2, 99.2, diverged=True), record(a, 3, 99.3)]
     runs_b = [record(b, 0, 98.0), record(b, 1, 98.1), record(b, 2, 98.2), record(b, 4, 98.4)]
-    pairs, left_out = guide_report.paired_seeds(runs_a, runs_b)
+    pairs, left_out = guide_report.paired_seeds(guide_report.by_seed(runs_a), guide_report.by_seed(runs_b))
     assert pairs == {0: (99.0, 98.0)}
     assert left_out == ["seed 1 on two machines", "seed 2 diverged"]
 
@@ -58,3 +58,18 @@ def test_the_sections_read_a_guide_folder(tmp_path):
     assert (f"| no norm − GN | 2 | 99.05 | 99.00 | +0.05 | {interval['low']:+.2f} to {interval['high']:+.2f} | "
             "none yet: 2 of 6 seeds |") in text
     assert "| BN | " in guide_report.chosen_lr_section(tmp_path) and "not yet" in guide_report.chosen_lr_section(tmp_path)
+
+
+def test_the_recipes_models_under_shifts_pair_by_the_machine_they_trained_on(tmp_path):
+    (tmp_path / "guide").mkdir()
+    gn, none = (c for c in guide.POINTS["recipe"] if c.norm in ("gn", "none") and c.gn_groups == 4)
+    save_json({"summary": None, "runs": [record(c, s, 99.0, machine="B" if (c.norm, s) == ("none", 2) else "A")
+                                         for s in range(3) for c in (gn, none)]}, tmp_path / "guide" / "recipe.json")
+    rows = [{"variant": c.norm, "seed": s, "shift": shift, "severity": severity, "bn_stats": None,
+             "test_acc": 90.0 + s + (c.norm == "gn") * severity, "test_loss": 0.1}
+            for c in (gn, none) for s in range(3) for shift, severity in (("clean", 0), ("blur", 1), ("blur", 3))]
+    save_json({"summary": None, "results": rows}, tmp_path / "guide" / "shift.json")
+    lines = guide_report.guide_shift_section(tmp_path).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| clean 0: no norm − GN", "| blur 3: no norm − GN"]
+    assert lines[3].startswith("| blur 3: no norm − GN | 2 | 90.50 | 93.50 | -3.00 |")  # seed 2: two machines
+    assert lines[3].endswith("(seed 2 on two machines) |") and "1 comparisons per condition" in lines[-1]

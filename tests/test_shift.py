@@ -118,3 +118,19 @@ def test_shift_py_writes_results_and_both_figures_from_saved_models(tiny_mnist, 
 def test_missing_models_are_named(tmp_path, capsys):
     assert shift.main(["--results", str(tmp_path), "--images", str(tmp_path), "--workers", "1"]) == 1
     assert "study.json is missing" in capsys.readouterr().err
+
+
+def test_from_evaluates_other_results_files_skips_diverged_runs_and_draws_no_figure(tiny_mnist, tmp_path):
+    guide = tmp_path / "guide"
+    config = Config(norm="gn", epochs=1, device="cpu", data_dir=str(tiny_mnist))
+    run_configs([config], guide / "recipe.json", summarize_study, Engine(str(tmp_path / "runs")),
+                models_dir=guide / "models", log=lambda line: None)
+    recipe = json.loads((guide / "recipe.json").read_text())
+    diverged = {**recipe["runs"][0], "config": {**recipe["runs"][0]["config"], "norm": "none"}, "diverged": {"epoch": 1}}
+    (guide / "recipe.json").write_text(json.dumps({**recipe, "runs": recipe["runs"] + [diverged]}))  # no weights
+    assert shift.main(["--results", str(guide), "--from", "recipe.json", "--images", str(tmp_path / "images"),
+                       "--data-dir", str(tiny_mnist), "--workers", "1"]) == 0
+    rows = json.loads((guide / "shift.json").read_text())["results"]
+    assert {r["variant"] for r in rows} == {"gn"} and len(rows) == len(shift.conditions())
+    assert not (tmp_path / "images").exists()  # the study's figures are not drawn from other files
+    assert shift.main(["--results", str(guide), "--from", "missing.json", "--workers", "1"]) == 1
