@@ -73,7 +73,8 @@ def plot_beyond(cells):
                   if cells.get(("bn", batch_size, k if k != batch_size else 0))]
         plot_seeds(slices_ax, points, VARIANTS["bn"].color, f"BN, batch {batch_size}", marker=marker)
     seeds = max((len(by_seed) for by_seed in cells.values()), default=0)
-    norms_ax.set(title=f"Test error after 3 epochs (line: mean over up to {seeds} seed{'s' * (seeds > 1)}; dots: each seed)",
+    norms_ax.set(title=f"Test error after 3 epochs (line: mean over up to {seeds} seed{'s' * (seeds > 1)}; "
+                       "dots: each seed)",
                  xlabel="training batch size (log2 scale)", ylabel="test error (%, log scale)")
     slices_ax.set(title="BN normalized over slices of the batch\n(the optimizer steps on the whole batch)",
                   xlabel="images per normalization slice (log2 scale)", ylabel="test error (%, log scale)")

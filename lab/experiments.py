@@ -6,7 +6,8 @@ module, its test, its page, and one line here.
 """
 from lab import beyond, guide_report, l1_weights, lr_range, norm_example, shift, study, sweep
 
-EXPERIMENTS = (study, sweep, lr_range, shift, l1_weights, norm_example, guide_report, beyond)  # figures drawn, sections listed in this order
+# figures drawn, sections listed in this order
+EXPERIMENTS = (study, sweep, lr_range, shift, l1_weights, norm_example, guide_report, beyond)
 
 
 def redraw(results_dir, images_dir, data_dir):

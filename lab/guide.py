@@ -62,6 +62,10 @@ assert all(c.bn_batch == 0 or c.norm in BN_BATCH_NORMS for configs in POINTS.val
 # selection has all its seeds (chosen_lrs), and it trains then on the full training set for the test number
 CHOSEN = {"sgd_chosen": "lr_select_sgd", "adam_chosen": "lr_select_adam"}
 ALL_POINTS = (*POINTS, *CHOSEN)
+# the machine effect (docs/protocol.md): one config and seeds 0-5, trained on each machine the guide runs on, into
+# machine_<fingerprint key>.json, so that two machines' runs of the same seed can be set side by side
+MACHINE_EFFECT = variants(["gn"])[0]
+MACHINE_SEEDS = tuple(range(6))
 
 
 def results_file(point, folder=GUIDE_DIR):
@@ -164,6 +168,19 @@ def train_seed(point, configs, results, here, engine, log):
     run_configs(configs, path, summarize, engine, models_dir=models, order=run_order(point, results), log=log)
 
 
+def machine_file(here, folder=GUIDE_DIR):
+    """Where this machine's (fingerprint `here`) runs of the machine-effect config go."""
+    return Path(folder) / f"machine_{fingerprint_key(here)}.json"
+
+
+def run_machine_effect(data_dir, device, results=GUIDE_DIR, engine=Engine(), log=print):
+    """MACHINE_EFFECT at MACHINE_SEEDS on this machine, into its machine_<key>.json."""
+    from lab.runner import run_configs
+    from plumbing.system import fingerprint
+    configs = [replace(MACHINE_EFFECT, seed=seed, data_dir=data_dir, device=device) for seed in MACHINE_SEEDS]
+    run_configs(configs, machine_file(fingerprint(threads=1), results), summarize, engine, log=log)
+
+
 def run_order(point, results=GUIDE_DIR):
     """The order of a point's results file: seed, then the point's own order of variants."""
     position = {variant_name(c): i for i, c in enumerate(point_configs(point, results))}
@@ -177,6 +194,9 @@ def make_parser():
                    help="guide points to train (a *_chosen point waits for its selection's seeds)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run per variant each")
     p.add_argument("--list", action="store_true", help="list the points and their variants; train nothing")
+    p.add_argument("--machine-effect", action="store_true",
+                   help="train only the machine-effect runs (GN, batch 64, 3 epochs, seeds 0-5) on this machine, into "
+                        "machine_<fingerprint>.json: run once on each machine the guide's runs come from")
     add_data_and_device_flags(p)
     p.add_argument("--out", default="runs/guide", help="folder for the run folders")
     p.add_argument("--results", default=GUIDE_DIR, help="folder for <point>.json and models/")
@@ -196,8 +216,12 @@ def main(argv=None):
         return 0
     from lab.runner import run_command
     data_dir = args.data_dir or default_data_dir()
-    return run_command(lambda: run_guide(args.points, args.seeds, data_dir, args.device, args.results,
-                                         engine_from_args(args)), args.results, data_dir, args.device, args.address)
+    if args.machine_effect:
+        job = lambda: run_machine_effect(data_dir, args.device, args.results, engine_from_args(args))  # noqa: E731
+    else:
+        job = lambda: run_guide(args.points, args.seeds, data_dir, args.device, args.results,  # noqa: E731
+                                engine_from_args(args))
+    return run_command(job, args.results, data_dir, args.device, args.address)
 
 
 if __name__ == "__main__":

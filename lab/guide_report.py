@@ -6,9 +6,10 @@ Written into docs/protocol.md by `python report.py --write`; the runs come from 
 from itertools import combinations
 from pathlib import Path
 
-from lab.guide import ALL_POINTS, CHOSEN, GUIDE_DIR, POINTS, SELECTION_SEEDS, point_configs, variant_name
+from lab.guide import (ALL_POINTS, CHOSEN, GUIDE_DIR, POINTS, SELECTION_SEEDS, fingerprint_key, point_configs,
+                       variant_name)
 from lab.sections import machines, needs, seeds_line
-from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, VARIANTS, config_from_record, run_label
+from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, VARIANTS, config_from_record, run_label, run_name
 from plumbing.results import group_by, load_results, run_key
 
 PAGE = "docs/protocol.md"
@@ -181,5 +182,56 @@ def guide_shift_section(results, evaluated):
                                    f"Bonferroni family ({100 * (1 - 0.05 / max(len(others), 1)):.4g}% intervals)."])
 
 
+def twins(results):
+    """{(machine A, machine B): {(config name, seed): (acc on A, acc on B)}}: the same run (config and seed) trained
+    on two machines, from the machine-effect files (machine_*.json) and from the seeds set aside when a point moved
+    to another machine (<point>_unpaired.json against <point>.json)."""
+    folder = Path(results) / GUIDE
+    groups = [[load_results(path)["runs"] for path in sorted(folder.glob("machine_*.json"))]]
+    groups += [[load_results(aside)["runs"], load_results(aside.with_name(aside.name.replace("_unpaired", "")))["runs"]]
+               for aside in sorted(folder.glob("*_unpaired.json"))]
+    found = {}
+    for files in groups:
+        runs = [run for runs in files for run in runs if "diverged" not in run and run.get("fingerprint")]
+        for name, same in group_by(runs, lambda r: (run_name(config_from_record(r["config"])))).items():
+            for a, b in combinations(same, 2):
+                if a["fingerprint"] != b["fingerprint"]:
+                    first, second = sorted((a, b), key=machine_name)
+                    found.setdefault((machine_name(first), machine_name(second)), {})[name] = (
+                        first["epochs"][-1]["test_acc"], second["epochs"][-1]["test_acc"])
+    return found
+
+
+def machine_name(run):
+    """'AMD EPYC, family/model 25/17 (3f2a9c01d4)': a run's CPU and its fingerprint's key, which tells apart two
+    machines of one CPU name (another torch, other flags)."""
+    return f"{machines([run])} ({fingerprint_key(run['fingerprint'])})"
+
+
+def machines_section(results):
+    """The machine effect: per pair of machines, the mean difference of the same runs' final test accuracy, with its
+    paired interval; or that every guide run so far trained on one machine."""
+    from plumbing.stats import paired
+    found = twins(results)
+    runs = [r for path in (Path(results) / GUIDE).glob("*.json") for r in load_results(path)["runs"]]
+    if not found:
+        return (f"Every guide run so far ({len(runs)} runs) trained on {machines(runs)}: no run has a twin on "
+                f"another machine yet, so the machine effect is not measured here.") if runs else "No guide runs yet."
+    lines = ["| machines, B − A | runs on both | A | B | B − A (points) | 95% interval (paired) | verdict |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for (a, b), accs in found.items():
+        on_a, on_b = [v[0] for v in accs.values()], [v[1] for v in accs.values()]
+        if len(accs) < 2:
+            lines.append(f"| {b} − {a} | 1 | {on_a[0]:.2f} | {on_b[0]:.2f} | {on_b[0] - on_a[0]:+.2f} | | one run |")
+            continue
+        result = paired(on_b, on_a)
+        verdict = ("**separated**" if result["separated"] else
+                   f"not told apart (would detect {result['detectable']:.2f})")
+        lines.append(f"| {b} − {a} | {len(accs)} | {sum(on_a) / len(on_a):.2f} | {sum(on_b) / len(on_b):.2f} | "
+                     f"{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
+    return "\n".join(lines + ["", "The same configuration and seed trained on two machines (`results/guide/machine_*"
+                                   ".json`, and seeds retrained whole on a new machine), final test accuracy."])
+
+
 SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,
-            "GUIDE_SHIFT": guide_shift_section}
+            "GUIDE_SHIFT": guide_shift_section, "GUIDE_MACHINES": machines_section}

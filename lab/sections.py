@@ -52,7 +52,8 @@ def where_line(runs):
 
 
 def seeds_line(runs):
-    """'seeds 0, 1, 2' (or 'seed 0'): the seeds of these runs, each once, so a reader can tell which seeds a number averages."""
+    """'seeds 0, 1, 2' (or 'seed 0'): the seeds of these runs, each once, so a reader can tell which seeds a number
+    averages."""
     seeds = sorted({r["config"]["seed"] for r in runs})
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
@@ -65,11 +66,13 @@ def welch_table(pairs, family=None, unit="points"):
     would detect (80% power at that level)."""
     from plumbing.stats import ALPHA, welch
     family = family or len(pairs)
-    lines = [f"| A − B | seeds | A | B | A − B ({unit}) | {100 * (1 - ALPHA / family):.4g}% interval (Welch) | verdict |",
+    level = f"{100 * (1 - ALPHA / family):.4g}%"
+    lines = [f"| A − B | seeds | A | B | A − B ({unit}) | {level} interval (Welch) | verdict |",
              "|---|---:|---:|---:|---:|---|---|"]
     for name_a, a, name_b, b in pairs:
         result = welch(a, b, alpha=ALPHA / family)
-        verdict = "**separated**" if result["separated"] else f"not told apart (would detect {result['detectable']:.2f})"
+        verdict = ("**separated**" if result["separated"]
+                   else f"not told apart (would detect {result['detectable']:.2f})")
         lines.append(f"| {name_a} − {name_b} | {len(a)} + {len(b)} | {sum(a) / len(a):.2f} | {sum(b) / len(b):.2f} | "
                      f"{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
     return "\n".join(lines)

@@ -107,3 +107,14 @@ def test_a_chosen_point_waits_for_its_selection_then_catches_up_the_seeds_before
     save_json(selection_runs(lambda norm, lr, seed: 99.0 - lr), tmp_path / "lr_select_sgd.json")
     guide.run_guide(["batch_8", "sgd_chosen"], [0, 1], "data", "cpu", tmp_path)
     assert trained == [("batch_8", 0), ("sgd_chosen", 0), ("batch_8", 1), ("sgd_chosen", 0), ("sgd_chosen", 1)]
+
+
+def test_the_machine_effect_trains_gn_seeds_0_to_5_into_this_machines_file(tiny_mnist, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("lab.runner.run_configs", lambda configs, path, *rest, **kw: calls.append((configs, path)))
+    monkeypatch.setattr("plumbing.system.fingerprint", lambda threads: {"cpu": "A"})
+    assert guide.main(["--machine-effect", "--results", str(tmp_path), "--data-dir", str(tiny_mnist),
+                       "--device", "cpu"]) == 0
+    [(configs, path)] = calls
+    assert path == tmp_path / f"machine_{guide.fingerprint_key({'cpu': 'A'})}.json"
+    assert [(c.norm, c.batch_size, c.epochs, c.seed) for c in configs] == [("gn", 64, 3, s) for s in range(6)]

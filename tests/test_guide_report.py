@@ -8,14 +8,16 @@ from plumbing.stats import paired
 
 
 def record(config, seed, test_acc, machine="A", diverged=False):
-    run = {"variant": "X", "config": {**vars(replace(config, seed=seed)), "data_dir": None}, "fingerprint": {"cpu": machine},
+    run = {"variant": "X", "config": {**vars(replace(config, seed=seed)), "data_dir": None},
+           "fingerprint": {"cpu": machine},
            "epochs": [{"epoch": 3, "test_acc": test_acc, "val_acc": test_acc, "seconds": 1.0}]}
     return {**run, "diverged": {"epoch": 2}} if diverged else run
 
 
 def test_only_seeds_finished_on_one_machine_pair():
     a, b = Config(norm="gn"), Config(norm="bn")
-    runs_a = [record(a, 0, 99.0), record(a, 1, 99.1, machine="B"), record(a, 2, 99.2, diverged=True), record(a, 3, 99.3)]
+    runs_a = [record(a, 0, 99.0), record(a, 1, 99.1, machine="B"), record(a, 2, 99.2, diverged=True),
+              record(a, 3, 99.3)]
     runs_b = [record(b, 0, 98.0), record(b, 1, 98.1), record(b, 2, 98.2), record(b, 4, 98.4)]
     pairs, left_out = guide_report.paired_seeds(guide_report.by_seed(runs_a), guide_report.by_seed(runs_b))
     assert pairs == {0: (99.0, 98.0)}
@@ -32,7 +34,8 @@ def test_a_verdict_needs_six_paired_seeds_and_the_family_adjusted_interval():
     assert f"{interval['low']:+.2f} to {interval['high']:+.2f}" in row and "**separated**" in row
     few = {name: group[:3] for name, group in runs.items()}
     assert "none yet: 3 of 6 seeds" in guide_report.comparison_row(a, b, few, family=6)
-    noisy = {**runs, guide.variant_name(a): [record(a, s, 99.0 + g) for s, g in enumerate([0.3, -0.2, 0.1, -0.3, 0.2, 0])]}
+    spread = [0.3, -0.2, 0.1, -0.3, 0.2, 0]
+    noisy = {**runs, guide.variant_name(a): [record(a, s, 99.0 + g) for s, g in enumerate(spread)]}
     assert "not told apart (would detect" in guide_report.comparison_row(a, b, noisy, family=6)
 
 
@@ -57,7 +60,8 @@ def test_the_sections_read_a_guide_folder(tmp_path):
     interval = paired([99.0, 99.1], [99.0, 99.0], family=4)  # four comparisons with GN(4) at the recipe
     assert (f"| no norm − GN | 2 | 99.05 | 99.00 | +0.05 | {interval['low']:+.2f} to {interval['high']:+.2f} | "
             "none yet: 2 of 6 seeds |") in text
-    assert "| BN | " in guide_report.chosen_lr_section(tmp_path) and "not yet" in guide_report.chosen_lr_section(tmp_path)
+    chosen = guide_report.chosen_lr_section(tmp_path)
+    assert "| BN | " in chosen and "not yet" in chosen
 
 
 def test_the_recipes_models_under_shifts_pair_by_the_machine_they_trained_on(tmp_path):
@@ -73,3 +77,29 @@ def test_the_recipes_models_under_shifts_pair_by_the_machine_they_trained_on(tmp
     assert [line.split(" | ")[0] for line in lines[2:4]] == ["| clean 0: no norm − GN", "| blur 3: no norm − GN"]
     assert lines[3].startswith("| blur 3: no norm − GN | 2 | 90.50 | 93.50 | -3.00 |")  # seed 2: two machines
     assert lines[3].endswith("(seed 2 on two machines) |") and "1 comparisons per condition" in lines[-1]
+
+
+def test_the_machine_effect_sets_the_same_runs_on_two_machines_side_by_side(tmp_path):
+    (tmp_path / "guide").mkdir()
+    assert guide_report.machines_section(tmp_path) == "No guide runs yet."
+    config = guide.MACHINE_EFFECT
+    save_json({"summary": None, "runs": [record(config, s, 99.0 + 0.01 * s) for s in range(6)]},
+              tmp_path / "guide" / "machine_a.json")
+    assert "no run has a twin on another machine yet" in guide_report.machines_section(tmp_path)
+    shifts = [0.10, 0.12, 0.08, 0.11, 0.09, 0.10]
+    save_json({"summary": None,
+               "runs": [record(config, s, 99.0 + 0.01 * s + d, machine="B") for s, d in enumerate(shifts)]},
+              tmp_path / "guide" / "machine_b.json")
+    bn = replace(Config(norm="bn"), epochs=3)  # a seed moved aside (machine A) and retrained on machine B
+    save_json({"summary": None, "runs": [record(bn, 0, 98.0)]}, tmp_path / "guide" / "batch_64_unpaired.json")
+    save_json({"summary": None, "runs": [record(bn, 0, 98.3, machine="B")]}, tmp_path / "guide" / "batch_64.json")
+    a, b = (f"an unrecorded CPU ({guide.fingerprint_key({'cpu': m})})" for m in "AB")
+    found = guide_report.twins(tmp_path)
+    [(first, second)] = found  # one pair of machines, in a fixed order
+    assert {first, second} == {a, b} and len(found[(first, second)]) == 7  # six seeds, and the seed set aside
+    on_b = [99.0 + 0.01 * s + d for s, d in enumerate(shifts)] + [98.3]
+    on_a = [99.0 + 0.01 * s for s in range(6)] + [98.0]
+    interval = paired(on_b, on_a) if second == b else paired(on_a, on_b)
+    line = guide_report.machines_section(tmp_path).splitlines()[2]
+    assert line.startswith(f"| {second} − {first} | 7 |")
+    assert f"{interval['low']:+.2f} to {interval['high']:+.2f}" in line
