@@ -185,7 +185,9 @@ def _worker_pool(workers, context, progress):
     except BaseException:  # Ctrl-C, an error here, or the caller stopped reading: end the tasks still going
         pool.shutdown(wait=False, cancel_futures=True)
         for process in multiprocessing.active_children():  # the pool's (the runner starts no other)
-            process.terminate()
+            # SIGKILL, not SIGTERM: inside a run a signal is only a stop request (system.stop_requests), and the
+            # worker would go on to a run already queued for it; its run folder keeps the last finished epoch
+            process.kill()
         raise
     finally:
         pool.shutdown(wait=True)

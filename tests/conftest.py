@@ -107,11 +107,12 @@ def run_main(*args, cwd):
     return subprocess.CompletedProcess(["main.py", *argv], code or 0, out.getvalue(), err.getvalue())
 
 
-def start_main(*args, cwd):
-    """python main.py ARGS started in the background, offline; returns the Popen."""
+def start_main(*args, cwd, session=False):
+    """python main.py ARGS started in the background, offline; returns the Popen. With `session`, in a process group
+    of its own, as a shell starts a command: a terminal's Ctrl-C reaches the whole group (os.killpg)."""
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
 
 
 def wait_until(predicate, timeout, what, process=None, interval=0.01):

@@ -337,6 +337,25 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tm
     assert (tmp_path / "I" / "test_accuracy.png").exists() and len(list((tmp_path / "S" / "models").iterdir())) == 9
 
 
+def test_ctrl_c_in_a_terminal_ends_the_command_at_once_though_runs_are_queued(tiny_mnist, tmp_path):
+    # a terminal's Ctrl-C reaches the driver and its workers; a worker's run turns it into a stop request, and the
+    # pool has a run queued beyond the two training: the driver must end the workers, not wait for that run
+    args = ["--norm", "all", "--seeds", "0", "1", "--epochs", "400", "--workers", "2", "--data-dir", tiny_mnist,
+            "--out", tmp_path / "R", "--results", tmp_path / "S", "--images", tmp_path / "I", "--device", "cpu"]
+    process = start_main(*args, cwd=tmp_path, session=True)
+    try:
+        wait_until(lambda: len(list((tmp_path / "R").glob("*/metrics.json"))) == 2, 120, "two runs' first epoch",
+                   process)
+        workers = children(process.pid)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)  # a queued run of 400 epochs would take minutes
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert len(workers) == 2 and not [pid for pid in workers if alive(pid)], "a worker outlived its driver"
+
+
 def test_a_diverged_run_is_recorded_not_failed(tiny_mnist, tmp_path):
     diverging = replace(configs(tiny_mnist)[0], lr=1e30)
     runs = run_configs([diverging], tmp_path / "r.json", summarize, Engine(str(tmp_path / "runs")), models_dir=tmp_path / "models",
