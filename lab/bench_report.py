@@ -9,11 +9,17 @@ from lab.sections import read
 from plumbing.config import NORM_COSTS_FILE, VARIANTS
 
 
+def processor(hw):
+    """'AMD EPYC' or, where the file records the CPU's fingerprint, 'AMD EPYC (family/model 25/17)'."""
+    family_model = hw.get("fingerprint", {}).get("family_model_stepping", "").rsplit("/", 1)[0]
+    return f"{hw['processor']} (family/model {family_model})" if family_model else hw["processor"]
+
+
 def speed_summary_section(results):
     """Two sentences for the README: our epoch, the classic one, and the bare model step."""
     report = read(results, "bench_cpu.json")
     r, hw = report["results"], report["hardware"]
-    return (f"On {hw['processor']} ({hw['cpu_count']} cores, torch {hw['torch']}) a training epoch plus a test pass "
+    return (f"On {processor(hw)} ({hw['cpu_count']} cores, torch {hw['torch']}) a training epoch plus a test pass "
             f"takes {r['ours']['epoch_s']:.1f} s with this repo's pipeline and {r['classic']['epoch_s']:.1f} s with "
             f"the classic per-image DataLoader: {report['ratio_classic_over_ours']:.2f}x (median of "
             f"{len(report['round_ratios'])} alternating rounds). The bare model step alone takes "
@@ -24,7 +30,7 @@ def speed_summary_section(results):
 def speed_section(results):
     report = read(results, "bench_cpu.json")
     hw, args = report["hardware"], report["args"]
-    lines = [(f"{hw['processor']}, {hw['cpu_count']} cores ({hw['torch_threads']} torch threads), torch "
+    lines = [(f"{processor(hw)}, {hw['cpu_count']} cores ({hw['torch_threads']} torch threads), torch "
               f"{hw['torch']}; batch {args['batch_size']}; {args['rounds']} rounds x {args['steps']} timed "
               f"training steps and one test pass per pipeline, after {args['warmup']} warm-up steps; medians:"), "",
              "| pipeline | train s/epoch (60k) | test s/pass (10k) | epoch s | train images/s | peak memory MiB "
@@ -89,7 +95,7 @@ def norm_costs_section(results):
     return "\n".join([
         "*Seconds per training epoch:*", "", table("train_epoch_s", lambda v: f"{v:.1f}"), "",
         "*Inference, images per second:*", "", table("inference_images_per_s", lambda v: f"{v:,.0f}"), "",
-        f"From `results/{NORM_COSTS_FILE}`: {hw['processor']}, {hw['torch_threads']} torch threads, "
+        f"From `results/{NORM_COSTS_FILE}`: {processor(hw)}, {hw['torch_threads']} torch threads, "
         f"torch {hw['torch']}; the bare model step on one fixed batch (no data pipeline), medians of "
         f"{args['rounds']} rounds in which the norms take turns; a training epoch is 60,000 images."])
 
@@ -102,7 +108,7 @@ def inference_section(results):
              "|---:|" + "---:|" * len(res)]
     for b in res[next(iter(res))]:
         lines.append(f"| {b} | " + " | ".join(f"{res[n][b]['images_per_s']:,.0f}" for n in res) + " |")
-    lines += ["", f"From `results/bench_cpu_inference.json`: {hw['processor']}, {hw['torch_threads']} torch "
+    lines += ["", f"From `results/bench_cpu_inference.json`: {processor(hw)}, {hw['torch_threads']} torch "
                   f"thread(s), torch {hw['torch']}; medians of {report['args']['rounds']} rounds in which the four "
                   f"take turns. Folded BN's logits differ from BN's by at most "
                   f"{report['folded_max_abs_logit_difference']:.1e} (1,000 random inputs)."]
@@ -119,7 +125,7 @@ def workers_section(results):
                     + f" | **{report['median_wall_s'][w]:.1f}** |")
     return "\n".join(rows + [
         "", f"From `results/bench_cpu_workers.json`: {len(report['runs'])} runs ({', '.join(report['runs'])}), "
-            f"{report['epochs']} epoch on {report['train_subset']:,} images each, on {hw['processor']} with "
+            f"{report['epochs']} epoch on {report['train_subset']:,} images each, on {processor(hw)} with "
             f"{hw['cpu_count']} cores, torch {hw['torch']}; rounds alternate which goes first. Speed-up "
             f"**{report['speedup']:.2f}x**; " + ray_start(report)
             + f"the two give the same accuracies: {'yes' if report['same_accuracies'] else 'NO'}."])
@@ -152,7 +158,7 @@ def command_section(results):
     return "\n".join(rows + ["", f"From `results/bench_cpu_command_*.json`: each a fresh `python main.py` process "
                               f"(the workers' start, Ray's or a fork, their imports and MNIST loads, the figures drawn "
                               f"after the runs all included), median of {'/'.join(map(str, rounds))} round(s) with the "
-                              f"order alternating, on {hw['processor']} with {hw['cpu_count']} cores, torch "
+                              f"order alternating, on {processor(hw)} with {hw['cpu_count']} cores, torch "
                               f"{hw['torch']}, nothing else running."])
 
 

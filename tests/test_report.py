@@ -304,3 +304,9 @@ def test_gn_family_study_section_orders_the_rows_by_groups(tmp_path):
     lines = study.gn_family_study_section(tmp_path).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:6]] == ["| LN", "| GN(2)", "| GN", "| IN"]
     assert "Bonferroni for 6 pairs" in lines[7] and "4 runs, seeds 0, 1, device `cpu`" in lines[-1]
+
+
+def test_a_bench_file_with_a_fingerprint_names_the_cpus_family_and_model():
+    from lab.bench_report import processor
+    hw = {"processor": "AMD EPYC", "fingerprint": {"family_model_stepping": "25/17/1"}}
+    assert processor(hw) == "AMD EPYC (family/model 25/17)" and processor({"processor": "AMD EPYC"}) == "AMD EPYC"

@@ -10,7 +10,7 @@ import torch
 
 from model import Net
 from plumbing.layers import set_total_steps
-from plumbing.system import cpu_name, keep_freed_memory, save_json
+from plumbing.system import cpu_name, fingerprint, keep_freed_memory, save_json
 
 
 def round_robin(names, rounds):
@@ -60,9 +60,11 @@ def net(norm, steps, device="cpu"):
 
 
 def hardware(device):
-    """The machine the numbers belong to: CPU, cores, torch's threads and version, and the GPU on CUDA."""
+    """The machine the numbers belong to: CPU, cores, torch's threads and version, the CPU's fingerprint, and the
+    GPU on CUDA."""
     info = {"platform": platform.platform(), "processor": cpu_name(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "fingerprint": fingerprint()}  # two VMs of one CPU name can differ: family, model, flags
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
