@@ -62,6 +62,7 @@ SECTIONS = {"BEYOND": beyond_section}
 def plot_beyond(cells):
     """Test error against batch size for each norm (left); BN's error against its normalization batch (right)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
     from lab.figures import DPI, plain_log_axis
     fig, (norms_ax, slices_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=DPI, width_ratios=(3, 2))
     for norm in BATCH_NORMS:
@@ -84,6 +85,7 @@ def plot_beyond(cells):
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    slices_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # a narrow range: label every tick
     norms_ax.set_xticks(list(POINTS), [str(b) for b in POINTS])
     slices_ax.set_xticks([2, 4, 8, 16, 64, 512], ["2", "4", "8", "16", "64", "512"])
     fig.tight_layout()
