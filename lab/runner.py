@@ -213,8 +213,11 @@ def done_line(config, run):
 
 
 def continue_command():
-    """The command line that started this program: running it again continues where it stopped."""
-    return shlex.join(["python", *sys.argv])
+    """The command line that started this program: running it again continues where it stopped (`python -m
+    lab.guide ...` as it was typed, not the module's file path, which would not import as a script)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None and spec.name != "__main__" else sys.argv[:1]
+    return shlex.join(["python", *program, *sys.argv[1:]])
 
 
 def run_command(run, results, data_dir, device, address=None):

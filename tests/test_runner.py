@@ -363,3 +363,15 @@ def test_a_diverged_run_is_recorded_not_failed(tiny_mnist, tmp_path):
     [run] = runs
     assert run["diverged"]["epoch"] == 1 and run["epochs"] == [] and run["params"] == 7410 and run["node"]
     assert summarize(runs)["GN"]["diverged"][0]["seed"] == 0 and not (tmp_path / "models").exists()
+
+
+def test_the_continue_command_repeats_a_module_run_as_typed(monkeypatch):
+    from lab.runner import continue_command
+    module = type(sys)("__main__")
+    module.__spec__ = type("Spec", (), {"name": "lab.guide"})()
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    monkeypatch.setattr(sys, "argv", ["/repo/lab/guide.py", "--seeds", "0"])
+    assert continue_command() == "python -m lab.guide --seeds 0"
+    module.__spec__ = None  # a script: python main.py ...
+    monkeypatch.setattr(sys, "argv", ["main.py", "--norm", "all"])
+    assert continue_command() == "python main.py --norm all"
