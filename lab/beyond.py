@@ -7,7 +7,7 @@ Nothing trains here: the table and the figure read the guide's results files (`p
 from pathlib import Path
 
 from lab.guide import BATCH_NORMS
-from lab.guide_report import GUIDE
+from lab.guide_report import GUIDE, VERDICT_SEEDS, by_seed, paired_seeds
 from plumbing.config import VARIANTS, config_from_record
 from plumbing.results import load_results, over_seeds
 
@@ -16,16 +16,21 @@ POINTS = {2: "batch_2", 8: "batch_8", 64: "batch_64", 512: "batch_512"}  # batch
 FIGURE = "beyond"
 
 
-def final_accuracies(results):
-    """{(norm, batch size, normalization batch): {seed: final test accuracy}} of the guide's batch points (a diverged
-    run has None), normalization batch 0 for a norm over the whole batch."""
+def runs_by_cell(results):
+    """{(norm, batch size, normalization batch): {seed: (final test accuracy, fingerprint)}} of the guide's batch
+    points (a diverged run has accuracy None), normalization batch 0 for a norm over the whole batch."""
     cells = {}
     for batch_size, point in POINTS.items():
         for run in load_results(Path(results) / GUIDE / f"{point}.json")["runs"]:
             config = config_from_record(run["config"])
-            accuracy = None if "diverged" in run else run["epochs"][-1]["test_acc"]
-            cells.setdefault((config.norm, batch_size, config.bn_batch), {})[config.seed] = accuracy
+            cells.setdefault((config.norm, batch_size, config.bn_batch), {}).update(by_seed([run]))
     return cells
+
+
+def final_accuracies(results):
+    """{(norm, batch size, normalization batch): {seed: final test accuracy, None where it diverged}}."""
+    return {key: {seed: accuracy for seed, (accuracy, _) in runs.items()}
+            for key, runs in runs_by_cell(results).items()}
 
 
 def cell(by_seed):
@@ -56,7 +61,66 @@ def beyond_section(results):
                                   f"(protocol.md#the-evidence-so-far)."])
 
 
-SECTIONS = {"BEYOND": beyond_section}
+# what each paper reports, and the pair of cells (norm, batch size, normalization batch) that asks the same here:
+# (source, their setting, what they report, A, B); the claim is that A is ahead of B
+CLAIMS = (
+    ("GN (Wu & He 2018)", "ResNet-50, ImageNet, 2 images per GPU",
+     "GN's error 10.6 points below BN's", ("gn", 2, 0), ("bn", 2, 0)),
+    ("GN+WS (Qiao et al. 2019)", "ImageNet, COCO; 1-2 images per GPU",
+     "GN+WS ahead of GN, matching BN at large batches", ("gnws", 2, 0), ("gn", 2, 0)),
+    ("BRN (Ioffe 2017)", "Inception-v3, ImageNet, micro-batches of 4",
+     "76.5% against BN's 74.2% (BN at 32: 78.3%)", ("brn", 2, 0), ("bn", 2, 0)),
+    ("BRN (Ioffe 2017)", "the same", "the same", ("brn", 8, 0), ("bn", 8, 0)),
+    ("FRN (a reproduction)", "ResNet-20, CIFAR-10, 32 images per GPU",
+     "FRN 92.3% against BN's 91.2%", ("frn", 8, 0), ("bn", 8, 0)),
+    ("FRN (reproductions)", "the same at 128 per GPU; ResNet-50, ImageNet",
+     "BN ahead: 93.01% against 92.3%; error 23.6% against 24.0%", ("bn", 64, 0), ("frn", 64, 0)),
+    ("EvoNorm-S0 (Liu et al. 2020)", "ResNet-50 and others, ImageNet, small batches",
+     "EvoNorm-S0 ahead of BN-ReLU", ("evo", 2, 0), ("bn", 2, 0)),
+    ("EvoNorm-S0 (a public report)", "a Mini-Inception, CIFAR-10",
+     "BN-ReLU ahead of EvoNorm-S0", ("bn", 64, 0), ("evo", 64, 0)),
+    ("ghost BN (Hoffer et al. 2017)", "large batches, BN over ghost batches of 128",
+     "ghost batches generalize better than BN over the whole batch", ("bn", 512, 64), ("bn", 512, 0)),
+)
+
+
+def cell_label(cell):
+    norm, batch_size, bn_batch = cell
+    return f"{VARIANTS[norm].label}{f' over slices of {bn_batch}' if bn_batch else ''} at batch {batch_size}"
+
+
+def claim_verdict(result, seeds):
+    """The claim (A ahead of B) against the paired interval: a verdict only from VERDICT_SEEDS paired seeds."""
+    if seeds < VERDICT_SEEDS:
+        return f"none yet: {seeds} of {VERDICT_SEEDS} seeds"
+    if not result["separated"]:
+        return f"not told apart (would detect {result['detectable']:.2f})"
+    return "**same direction**, separated" if result["difference"] > 0 else "**the opposite**, separated"
+
+
+def papers_section(results):
+    """Each paper's claim beside the same comparison here: A − B over the seeds paired on one machine, its interval
+    Bonferroni-adjusted over the claims, and whether it goes the paper's way."""
+    from plumbing.stats import paired
+    cells = runs_by_cell(results)
+    level = 100 * (1 - 0.05 / len(CLAIMS))
+    lines = ["| source | their setting | they report | here, after 3 epochs: A − B | paired seeds | A − B (points) "
+             f"| {level:.4g}% interval | verdict |", "|---|---|---|---|---:|---:|---|---|"]
+    for source, setting, reported, a, b in CLAIMS:
+        pairs, _ = paired_seeds(cells.get(a, {}), cells.get(b, {}))
+        differences = [x - y for x, y in pairs.values()]
+        head = f"| {source} | {setting} | {reported} | {cell_label(a)} − {cell_label(b)} | {len(pairs)} |"
+        if len(pairs) < 2:
+            shown = f" {differences[0]:+.2f} |" if pairs else " |"
+            lines.append(f"{head}{shown} | no interval from {len(pairs)} seed{'s' * (len(pairs) != 1)} |")
+            continue
+        result = paired([x for x, _ in pairs.values()], [y for _, y in pairs.values()], family=len(CLAIMS))
+        lines.append(f"{head} {result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | "
+                     f"{claim_verdict(result, len(pairs))} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"BEYOND": beyond_section, "BEYOND_PAPERS": papers_section}
 
 
 def plot_beyond(cells):
