@@ -159,8 +159,8 @@ def plot_beyond(cells):
 def plot_seeds(ax, points, color, label, marker="o"):
     """The mean test error over the finished seeds of each (x, {seed: accuracy}) as a line, each seed as a dot."""
     xs, means = [], []
-    for x, by_seed in points:
-        values = [100 - v for v in by_seed.values() if v is not None]
+    for x, accuracies in points:
+        values = [100 - v for v in accuracies.values() if v is not None]
         if values:
             xs.append(x)
             means.append(sum(values) / len(values))
