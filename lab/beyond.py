@@ -105,7 +105,7 @@ def papers_section(results):
     cells = runs_by_cell(results)
     level = 100 * (1 - 0.05 / len(CLAIMS))
     lines = ["| source | their setting | they report | here, after 3 epochs: A − B | paired seeds | A − B (points) "
-             f"| {level:.4g}% interval | verdict |", "|---|---|---|---|---:|---:|---|---|"]
+             f"| interval (level {level:.4g}%) | verdict |", "|---|---|---|---|---:|---:|---|---|"]
     for source, setting, reported, a, b in CLAIMS:
         pairs, _ = paired_seeds(cells.get(a, {}), cells.get(b, {}))
         differences = [x - y for x, y in pairs.values()]
