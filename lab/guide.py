@@ -2,7 +2,7 @@
 
     python -m lab.guide --data-dir DIR                        # every point, seeds 0-6, into results/guide/<point>.json
     python -m lab.guide --points adam_lr batch_64 --seeds 0   # some points, some seeds
-    python -m lab.guide --list                                # the points and their variants, nothing trained
+    python -m lab.guide --list                                # each point: variants, seeds recorded, time to go
 
 A point is one situation of the guide (a batch size, a learning rate, the study's recipe) and the variants compared
 there. For each seed, all variants of a point train together, so each seed's compared runs share one machine (the
@@ -187,13 +187,38 @@ def run_order(point, results=GUIDE_DIR):
     return lambda run: (run["config"]["seed"], position.get(variant_name(config_from_record(run["config"])), 0))
 
 
+def progress(point, seeds, results=GUIDE_DIR):
+    """('seeds 0, 1 recorded; seed 2: 3 of 11 runs; to go: 52 runs, about 70 run-minutes at the recorded times',
+    runs to go, their estimated minutes) of a point, over those of `seeds` it trains (a selection: its
+    SELECTION_SEEDS); each variant's time is the mean of its recorded runs."""
+    from plumbing.results import find_run, load_results
+    runs = load_results(results_file(point, results))["runs"]
+    configs = point_configs(point, results)
+    seeds = [seed for seed in seeds if seed < SELECTION_SEEDS.get(point, len(SEEDS))]
+    found = {seed: [find_run(runs, replace(c, seed=seed)) for c in configs] for seed in seeds}
+    complete = [seed for seed in seeds if None not in found[seed]]
+    partial = [f"seed {seed}: {len(configs) - found[seed].count(None)} of {len(configs)} runs" for seed in seeds
+               if seed not in complete and any(found[seed])]
+    left = [c for seed in seeds for c, run in zip(configs, found[seed]) if run is None]
+    minutes = {}  # variant -> mean recorded minutes of training and testing
+    for run in runs:
+        minutes.setdefault(variant_name(config_from_record(run["config"])), []).append(
+            sum(epoch["seconds"] for epoch in run["epochs"]) / 60)
+    known = [sum(m) / len(m) for c in left if (m := minutes.get(variant_name(c)))]
+    estimate = (f", about {sum(known):.0f} run-minutes at the recorded times"
+                + (f" ({len(left) - len(known)} not timed yet)" if len(known) < len(left) else "") if known else "")
+    recorded = f"seeds {', '.join(map(str, complete))} recorded" if complete else "no seed recorded"
+    line = "; ".join([recorded, *partial, f"to go: {len(left)} runs{estimate}" if left else "nothing to go"])
+    return line, len(left), sum(known)
+
+
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=PATHS_NOTE,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--points", nargs="+", default=list(ALL_POINTS), choices=list(ALL_POINTS),
                    help="guide points to train (a *_chosen point waits for its selection's seeds)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run per variant each")
-    p.add_argument("--list", action="store_true", help="list the points and their variants; train nothing")
+    p.add_argument("--list", action="store_true", help="list the points, their variants, the seeds recorded and the runs to go with their time; train nothing")
     p.add_argument("--machine-effect", action="store_true",
                    help="train only the machine-effect runs (GN, batch 64, 3 epochs, seeds 0-5) on this machine, into "
                         "machine_<fingerprint>.json: run once on each machine the guide's runs come from")
@@ -208,11 +233,20 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     check_engine_args(make_parser(), args)
     if args.list:
+        runs_to_go = minutes_to_go = 0
         for point in args.points:
             configs = point_configs(point, args.results)
             print(f"{point}: " + (", ".join(variant_name(c) for c in configs) if configs else
                                   f"each norm at its LR chosen by {CHOSEN.get(point)}, once that has "
                                   f"{SELECTION_SEEDS.get(CHOSEN.get(point))} seeds"))
+            if configs:
+                line, left, minutes = progress(point, args.seeds, args.results)
+                print("  " + line)
+                runs_to_go, minutes_to_go = runs_to_go + left, minutes_to_go + minutes
+        print(f"in all: {runs_to_go} runs to go over seeds {', '.join(map(str, args.seeds))}, about "
+              f"{minutes_to_go / 60:.1f} run-hours at the recorded times"
+              + ("" if all(point_configs(p, args.results) for p in args.points) else
+                 " (a point waiting for its selection not counted)"))
         return 0
     from lab.runner import run_command
     data_dir = args.data_dir or default_data_dir()

@@ -118,3 +118,19 @@ def test_the_machine_effect_trains_gn_seeds_0_to_5_into_this_machines_file(tiny_
     [(configs, path)] = calls
     assert path == tmp_path / f"machine_{guide.fingerprint_key({'cpu': 'A'})}.json"
     assert [(c.norm, c.batch_size, c.epochs, c.seed) for c in configs] == [("gn", 64, 3, s) for s in range(6)]
+
+
+def test_list_says_what_is_recorded_and_what_is_left_with_its_time(tmp_path, capsys):
+    configs = guide.POINTS["batch_512_equal_steps"]
+    runs = [{"variant": "X", "config": {**vars(replace(c, seed=seed)), "data_dir": None},
+             "epochs": [{"epoch": 1, "test_acc": 99.0, "seconds": 60.0 * (1 + seed)}]}
+            for seed, batch in ((0, configs), (1, configs[:2])) for c in batch]
+    save_json({"summary": None, "runs": runs}, tmp_path / "batch_512_equal_steps.json")
+    line, left, minutes = guide.progress("batch_512_equal_steps", [0, 1, 2], tmp_path)
+    # seed 1 half done; 2 runs of seed 1 and 4 of seed 2 to go; each variant's time the mean of its runs
+    assert line == ("seeds 0 recorded; seed 1: 2 of 4 runs; to go: 6 runs, about 7 run-minutes at the recorded "
+                    "times") and left == 6 and minutes == 2 * 1 + 1.5 * 2 + 1 * 2
+    assert guide.main(["--list", "--points", "batch_512_equal_steps", "--results", str(tmp_path), "--seeds", "0",
+                       "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("in all: 2 runs to go over seeds 0, 1, about 0.0 run-hours "
+                                                        "at the recorded times")
