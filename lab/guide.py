@@ -218,7 +218,9 @@ def make_parser():
     p.add_argument("--points", nargs="+", default=list(ALL_POINTS), choices=list(ALL_POINTS),
                    help="guide points to train (a *_chosen point waits for its selection's seeds)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds, one run per variant each")
-    p.add_argument("--list", action="store_true", help="list the points, their variants, the seeds recorded and the runs to go with their time; train nothing")
+    p.add_argument("--list", action="store_true",
+                   help="list the points, their variants, the seeds recorded and the runs to go with their time; "
+                        "train nothing")
     p.add_argument("--machine-effect", action="store_true",
                    help="train only the machine-effect runs (GN, batch 64, 3 epochs, seeds 0-5) on this machine, into "
                         "machine_<fingerprint>.json: run once on each machine the guide's runs come from")
