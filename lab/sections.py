@@ -63,16 +63,22 @@ def welch_table(pairs, family=None, unit="points"):
     (name_a, values_a, name_b, values_b) in `pairs`, the difference of means (A − B, in `unit`), Welch's interval at
     the level that a Bonferroni adjustment over `family` comparisons gives (default: the pairs given), and the verdict:
     "separated" when that interval excludes 0, else "not told apart" with the smallest difference these seeds
-    would detect (80% power at that level)."""
-    from plumbing.stats import ALPHA, welch
+    would detect (80% power at that level). A pair with a fifth item True holds one set of models tested two ways
+    (values in one seed order): its interval is paired, over each model's own difference, and its seeds column
+    says "3 paired"."""
+    from plumbing.stats import ALPHA, paired, welch
     family = family or len(pairs)
     level = f"{100 * (1 - ALPHA / family):.4g}%"
-    lines = [f"| A − B | seeds | A | B | A − B ({unit}) | {level} interval (Welch) | verdict |",
+    method = "Welch; paired: one model tested two ways" if any(pair[4:] == (True,) for pair in pairs) else "Welch"
+    lines = [f"| A − B | seeds | A | B | A − B ({unit}) | {level} interval ({method}) | verdict |",
              "|---|---:|---:|---:|---:|---|---|"]
-    for name_a, a, name_b, b in pairs:
-        result = welch(a, b, alpha=ALPHA / family)
+    for name_a, a, name_b, b, *same_models in pairs:
+        if same_models == [True]:
+            result, seeds = paired(a, b, family=family), f"{len(a)} paired"
+        else:
+            result, seeds = welch(a, b, alpha=ALPHA / family), f"{len(a)} + {len(b)}"
         verdict = ("**separated**" if result["separated"]
                    else f"not told apart (would detect {result['detectable']:.2f})")
-        lines.append(f"| {name_a} − {name_b} | {len(a)} + {len(b)} | {sum(a) / len(a):.2f} | {sum(b) / len(b):.2f} | "
+        lines.append(f"| {name_a} − {name_b} | {seeds} | {sum(a) / len(a):.2f} | {sum(b) / len(b):.2f} | "
                      f"{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
     return "\n".join(lines)

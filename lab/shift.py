@@ -202,7 +202,8 @@ def condition_label(name, severity):
 def finding_table(comparisons, accs):
     """welch_table of one finding's comparisons (A, B, shift, severity), Bonferroni over them."""
     return welch_table([(f"{condition_label(name, severity)}: {column_label(*a)}", accs[(*a, name, severity)],
-                         column_label(*b), accs[(*b, name, severity)]) for a, b, name, severity in comparisons])
+                         column_label(*b), accs[(*b, name, severity)], a[0] == b[0])  # one variant: its models
+                        for a, b, name, severity in comparisons])
 
 
 def l1_table(accs, conditions_run):
@@ -241,7 +242,7 @@ def shift_comparisons_section(results):
         f"From `results/shift.json` ({len({row['seed'] for row in rows})} seeds per variant; test accuracy %, "
         f"differences in points). Welch's interval of the difference of means: each variant's models are separate "
         f"runs, not paired on one machine (docs/protocol.md, rule 7); where both sides are one variant's models in two "
-        f"BN modes, Welch leaves that pairing unused. Each table is one finding's family, Bonferroni-adjusted over its "
+        f"BN modes, the interval is paired: each seed's model against itself. Each table is one finding's family, Bonferroni-adjusted over its "
         f"comparisons; a variant named without a mode is as deployed (BN: its running statistics)."])
 
 

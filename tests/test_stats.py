@@ -70,6 +70,19 @@ def test_welch_table_adjusts_over_its_family_and_names_the_verdict():
     assert "| A − B (norm) | 95% interval (Welch) |" in welch_table([("BN", close[0], "GN", close[1])], unit="norm")
 
 
+def test_one_model_tested_two_ways_is_paired_in_the_welch_table():
+    from lab.sections import welch_table
+    # each seed's model loses about 0.1 tested the other way; the seeds themselves spread far more than that
+    running, batch_stats = [99.0, 99.4, 98.6], [98.9, 99.31, 98.49]
+    table = welch_table([("BN (batch stats)", batch_stats, "BN", running, True),
+                         ("BN (batch stats)", batch_stats, "BN", running)]).splitlines()
+    assert "97.5% interval (Welch; paired: one model tested two ways)" in table[0]
+    assert table[2].startswith("| BN (batch stats) − BN | 3 paired |") and table[2].endswith("| **separated** |")
+    assert table[3].startswith("| BN (batch stats) − BN | 3 + 3 |") and "not told apart" in table[3]
+    with pytest.raises(ValueError, match="two equal lists"):
+        welch_table([("A", [1.0, 2.0], "B", [1.0, 2.0, 3.0], True)])
+
+
 def test_an_undefined_interval_is_never_separated_and_a_constant_group_is_fine():
     assert not welch([99.0, 99.0, 99.0], [99.0, 99.0, 99.0])["separated"]  # no spread at all: NaN, not a verdict
     constant = welch([0.83, 0.83, 0.83], [0.83, 2.5, 0.0])  # one group without spread, the other with
