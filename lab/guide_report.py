@@ -3,13 +3,15 @@ paired interval of its per-seed differences, Bonferroni-adjusted over the point'
 
 Written into docs/protocol.md by `python report.py --write`; the runs come from `python -m lab.guide`.
 """
+import json
 from itertools import combinations
 from pathlib import Path
 
 from lab.guide import (ALL_POINTS, CHOSEN, GUIDE_DIR, POINTS, SELECTION_SEEDS, fingerprint_key, point_configs,
                        variant_name)
 from lab.sections import machines, needs, seeds_line
-from plumbing.config import COMPARED, DEFAULTS, RESULTS_DIR, VARIANTS, config_from_record, run_label, run_name
+from plumbing.config import (COMPARED, DEFAULTS, RESULTS_DIR, VARIANTS, config_from_record, run_identity, run_label,
+                             run_name)
 from plumbing.results import group_by, load_results, run_key
 
 PAGE = "docs/protocol.md"
@@ -183,23 +185,29 @@ def guide_shift_section(results, evaluated):
 
 
 def twins(results):
-    """{(machine A, machine B): {(config name, seed): (acc on A, acc on B)}}: the same run (config and seed) trained
-    on two machines, from the machine-effect files (machine_*.json) and from the seeds set aside when a point moved
-    to another machine (<point>_unpaired.json against <point>.json)."""
-    folder = Path(results) / GUIDE
-    groups = [[load_results(path)["runs"] for path in sorted(folder.glob("machine_*.json"))]]
-    groups += [[load_results(aside)["runs"], load_results(aside.with_name(aside.name.replace("_unpaired", "")))["runs"]]
-               for aside in sorted(folder.glob("*_unpaired.json"))]
+    """{(machine A, machine B): {run name: (run on A, run on B)}}: the same run (config and seed, config.run_identity)
+    trained on two machines (fingerprints), wherever each was recorded: the guide's files (the machine-effect runs,
+    the seeds set aside when a point moved to another machine) and every results file of `results` whose runs
+    record a fingerprint."""
+    paths = [*sorted((Path(results) / GUIDE).glob("*.json")), *sorted(Path(results).glob("*.json"))]
+    records = [load_results(path).get("runs") for path in paths]  # a benchmark's file may hold no runs
+    runs = [run for found in records if isinstance(found, list) for run in found
+            if isinstance(run, dict) and run.get("fingerprint") and "config" in run and "diverged" not in run]
     found = {}
-    for files in groups:
-        runs = [run for runs in files for run in runs if "diverged" not in run and run.get("fingerprint")]
-        for name, same in group_by(runs, lambda r: (run_name(config_from_record(r["config"])))).items():
-            for a, b in combinations(same, 2):
-                if a["fingerprint"] != b["fingerprint"]:
-                    first, second = sorted((a, b), key=machine_name)
-                    found.setdefault((machine_name(first), machine_name(second)), {})[name] = (
-                        first["epochs"][-1]["test_acc"], second["epochs"][-1]["test_acc"])
+    for same in group_by(runs, lambda r: json.dumps(run_identity(config_from_record(r["config"])), sort_keys=True,
+                                                    default=str)).values():
+        for a, b in combinations(same, 2):
+            if a["fingerprint"] != b["fingerprint"]:
+                first, second = sorted((a, b), key=machine_name)
+                found.setdefault((machine_name(first), machine_name(second)), {})[
+                    run_name(config_from_record(first["config"]))] = (first, second)
     return found
+
+
+def bit_for_bit(a, b):
+    """Whether two runs recorded the same numbers in every epoch (the seconds aside)."""
+    strip = lambda run: [{k: v for k, v in e.items() if k != "seconds"} for e in run["epochs"]]  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def machine_name(run):
@@ -217,20 +225,26 @@ def machines_section(results):
     if not found:
         return (f"Every guide run so far ({len(runs)} runs) trained on {machines(runs)}: no run has a twin on "
                 f"another machine yet, so the machine effect is not measured here.") if runs else "No guide runs yet."
-    lines = ["| machines, B − A | runs on both | A | B | B − A (points) | 95% interval (paired) | verdict |",
-             "|---|---:|---:|---:|---:|---|---|"]
-    for (a, b), accs in found.items():
-        on_a, on_b = [v[0] for v in accs.values()], [v[1] for v in accs.values()]
-        if len(accs) < 2:
-            lines.append(f"| {b} − {a} | 1 | {on_a[0]:.2f} | {on_b[0]:.2f} | {on_b[0] - on_a[0]:+.2f} | | one run |")
+    lines = ["| machines, B − A | runs on both | equal bit for bit | A | B | B − A (points) | 95% interval (paired) "
+             "| verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
+    for (a, b), pairs in found.items():
+        on_a = [first["epochs"][-1]["test_acc"] for first, _ in pairs.values()]
+        on_b = [second["epochs"][-1]["test_acc"] for _, second in pairs.values()]
+        equal = sum(bit_for_bit(*pair) for pair in pairs.values())
+        head = f"| {b} − {a} | {len(pairs)}: {', '.join(pairs)} | {equal} | {sum(on_a) / len(on_a):.2f} | {sum(on_b) / len(on_b):.2f} | "
+        if equal == len(pairs):
+            lines.append(f"{head}+0.00 | | the same numbers in every epoch |")
+            continue
+        if len(pairs) < 2:
+            lines.append(f"{head}{on_b[0] - on_a[0]:+.2f} | | one run |")
             continue
         result = paired(on_b, on_a)
         verdict = ("**separated**" if result["separated"] else
                    f"not told apart (would detect {result['detectable']:.2f})")
-        lines.append(f"| {b} − {a} | {len(accs)} | {sum(on_a) / len(on_a):.2f} | {sum(on_b) / len(on_b):.2f} | "
-                     f"{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
-    return "\n".join(lines + ["", "The same configuration and seed trained on two machines (`results/guide/machine_*"
-                                   ".json`, and seeds retrained whole on a new machine), final test accuracy."])
+        lines.append(f"{head}{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
+    return "\n".join(lines + ["", "The same configuration and seed (named by its run) trained on two machines, final "
+                                   "test accuracy: from `results/guide/machine_*.json`, the seeds retrained whole on a "
+                                   "new machine, and every results file's runs that record a fingerprint."])
 
 
 SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,

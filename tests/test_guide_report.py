@@ -101,5 +101,23 @@ def test_the_machine_effect_sets_the_same_runs_on_two_machines_side_by_side(tmp_
     on_a = [99.0 + 0.01 * s for s in range(6)] + [98.0]
     interval = paired(on_b, on_a) if second == b else paired(on_a, on_b)
     line = guide_report.machines_section(tmp_path).splitlines()[2]
-    assert line.startswith(f"| {second} − {first} | 7 |")
+    assert line.startswith(f"| {second} − {first} | 7: bn_e3_seed0, gn_e3_seed0, ") and "seed5 | 0 |" in line
     assert f"{interval['low']:+.2f} to {interval['high']:+.2f}" in line
+
+
+def test_twins_come_from_any_results_file_and_equal_runs_are_said_to_be_equal(tmp_path):
+    (tmp_path / "guide").mkdir()
+    gn, none = (c for c in guide.POINTS["recipe"] if c.norm in ("gn", "none") and c.gn_groups == 4)
+    save_json({"summary": None, "runs": [record(gn, 0, 99.4), record(none, 0, 99.1)]},
+              tmp_path / "guide" / "recipe.json")
+    older = [record(gn, 0, 99.4, machine="B"), {**record(none, 0, 99.1, machine="B"), "fingerprint": None}]
+    save_json({"summary": None, "runs": older}, tmp_path / "study_other.json")  # the second: no fingerprint
+    save_json({"summary": None, "results": []}, tmp_path / "shift.json")  # a file without runs is passed over
+    [(first, second)] = guide_report.twins(tmp_path)
+    assert list(guide_report.twins(tmp_path)[(first, second)]) == ["gn_seed0"]
+    line = guide_report.machines_section(tmp_path).splitlines()[2]
+    assert line.endswith("| 1: gn_seed0 | 1 | 99.40 | 99.40 | +0.00 | | the same numbers in every epoch |")
+    save_json({"summary": None, "runs": [record(gn, 0, 99.3, machine="B")]}, tmp_path / "study_other.json")
+    line = guide_report.machines_section(tmp_path).splitlines()[2]
+    assert line.endswith("| 1: gn_seed0 | 0 | 99.40 | 99.30 | -0.10 | | one run |") or \
+        line.endswith("| 1: gn_seed0 | 0 | 99.30 | 99.40 | +0.10 | | one run |")
