@@ -4,6 +4,7 @@ paired interval of its per-seed differences, Bonferroni-adjusted over the point'
 Written into docs/protocol.md by `python report.py --write`; the runs come from `python -m lab.guide`.
 """
 import json
+import statistics
 from itertools import combinations
 from pathlib import Path
 
@@ -184,18 +185,27 @@ def guide_shift_section(results, evaluated):
                                    f"Bonferroni family ({100 * (1 - 0.05 / max(len(others), 1)):.4g}% intervals)."])
 
 
+def recorded_runs(results):
+    """[(results file, run)] of every finished run in the guide's files and the other results files of `results`
+    (a benchmark's file may hold no runs)."""
+    paths = [*sorted((Path(results) / GUIDE).glob("*.json")), *sorted(Path(results).glob("*.json"))]
+    found = [(path, load_results(path).get("runs")) for path in paths]
+    return [(path, run) for path, runs in found if isinstance(runs, list) for run in runs
+            if isinstance(run, dict) and "config" in run and "epochs" in run and "diverged" not in run]
+
+
+def identity(run):
+    return json.dumps(run_identity(config_from_record(run["config"])), sort_keys=True, default=str)
+
+
 def twins(results):
     """{(machine A, machine B): {run name: (run on A, run on B)}}: the same run (config and seed, config.run_identity)
     trained on two machines (fingerprints), wherever each was recorded: the guide's files (the machine-effect runs,
     the seeds set aside when a point moved to another machine) and every results file of `results` whose runs
     record a fingerprint."""
-    paths = [*sorted((Path(results) / GUIDE).glob("*.json")), *sorted(Path(results).glob("*.json"))]
-    records = [load_results(path).get("runs") for path in paths]  # a benchmark's file may hold no runs
-    runs = [run for found in records if isinstance(found, list) for run in found
-            if isinstance(run, dict) and run.get("fingerprint") and "config" in run and "diverged" not in run]
+    runs = [run for _, run in recorded_runs(results) if run.get("fingerprint")]
     found = {}
-    for same in group_by(runs, lambda r: json.dumps(run_identity(config_from_record(r["config"])), sort_keys=True,
-                                                    default=str)).values():
+    for same in group_by(runs, identity).values():
         for a, b in combinations(same, 2):
             if a["fingerprint"] != b["fingerprint"]:
                 first, second = sorted((a, b), key=machine_name)
@@ -204,10 +214,24 @@ def twins(results):
     return found
 
 
+def unfingerprinted_twins(results):
+    """{(results file, machine): [(older run, fingerprinted twin)]}: the older runs that record no fingerprint, each
+    beside a fingerprinted run of the same configuration and seed: which machine computed what they did, and how
+    far a run moves where none did."""
+    runs = recorded_runs(results)
+    known = group_by([run for _, run in runs if run.get("fingerprint")], identity)
+    found = {}
+    for path, run in runs:
+        for twin in ([] if run.get("fingerprint") else known.get(identity(run), [])[:1]):
+            found.setdefault((path.name, machine_name(twin)), []).append((run, twin))
+    return found
+
+
 def bit_for_bit(a, b):
-    """Whether two runs recorded the same numbers in every epoch (the seconds aside)."""
-    strip = lambda run: [{k: v for k, v in e.items() if k != "seconds"} for e in run["epochs"]]  # noqa: E731
-    return strip(a) == strip(b)
+    """Whether two runs recorded the same numbers in every epoch: every metric both record (the seconds aside; an
+    older run may record BN's other test accuracies too)."""
+    return len(a["epochs"]) == len(b["epochs"]) and all(
+        x[k] == y[k] for x, y in zip(a["epochs"], b["epochs"]) for k in x.keys() & y.keys() if k != "seconds")
 
 
 def machine_name(run):
@@ -231,7 +255,8 @@ def machines_section(results):
         on_a = [first["epochs"][-1]["test_acc"] for first, _ in pairs.values()]
         on_b = [second["epochs"][-1]["test_acc"] for _, second in pairs.values()]
         equal = sum(bit_for_bit(*pair) for pair in pairs.values())
-        head = f"| {b} − {a} | {len(pairs)}: {', '.join(pairs)} | {equal} | {sum(on_a) / len(on_a):.2f} | {sum(on_b) / len(on_b):.2f} | "
+        head = (f"| {b} − {a} | {len(pairs)}: {', '.join(pairs)} | {equal} | {sum(on_a) / len(on_a):.2f} | "
+                f"{sum(on_b) / len(on_b):.2f} | ")
         if equal == len(pairs):
             lines.append(f"{head}+0.00 | | the same numbers in every epoch |")
             continue
@@ -244,7 +269,35 @@ def machines_section(results):
         lines.append(f"{head}{result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | {verdict} |")
     return "\n".join(lines + ["", "The same configuration and seed (named by its run) trained on two machines, final "
                                    "test accuracy: from `results/guide/machine_*.json`, the seeds retrained whole on a "
-                                   "new machine, and every results file's runs that record a fingerprint."])
+                                   "new machine, and every results file's runs that record a fingerprint."]
+                      + older_runs_table(results))
+
+
+def older_runs_table(results):
+    """Markdown lines: per older results file without fingerprints, its runs against their fingerprinted twins."""
+    from plumbing.stats import paired
+    found = unfingerprinted_twins(results)
+    if not found:
+        return []
+    lines = ["", "Older runs that record no fingerprint, each against a fingerprinted run of the same configuration "
+                 "and seed (B − A, final test accuracy): equal numbers say which machine they computed like, and "
+                 "where none is equal, how far one run moves between machines. They are still never paired (rule 7).",
+             "", "| results file, B (its CPU, torch) | A | runs | equal in every epoch | B − A (points) "
+                 "| 95% interval (paired) | per-run spread: SD, largest |", "|---|---|---:|---:|---:|---|---|"]
+    for (name, machine), pairs in sorted(found.items()):
+        old, new = ([run["epochs"][-1]["test_acc"] for run in side] for side in zip(*pairs))
+        differences = [b - a for a, b in zip(new, old)]
+        where = f"`{name}` ({machines([pairs[0][0]])}, torch {pairs[0][0].get('torch', '?')})"
+        equal = sum(bit_for_bit(*pair) for pair in pairs)
+        head = f"| {where} | {machine} | {len(pairs)} | {equal} | {sum(differences) / len(differences):+.2f} | "
+        if equal == len(pairs) or len(pairs) < 2:
+            lines.append(head + "| |")
+            continue
+        result = paired(old, new)
+        spread = statistics.stdev(differences)
+        lines.append(head + f"{result['low']:+.2f} to {result['high']:+.2f} | {spread:.2f}, "
+                            f"{max(differences, key=abs):+.2f} |")
+    return lines
 
 
 SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,

@@ -40,7 +40,7 @@ def machines(runs):
     counts = {}
     for run in runs:
         cpu = run.get("cpu", "an unrecorded CPU")
-        family_model = run.get("fingerprint", {}).get("family_model_stepping", "").rsplit("/", 1)[0]
+        family_model = (run.get("fingerprint") or {}).get("family_model_stepping", "").rsplit("/", 1)[0]
         where = f"{cpu}, family/model {family_model}" if family_model else cpu
         counts[where] = counts.get(where, 0) + 1
     return counts.popitem()[0] if len(counts) == 1 else ", ".join(f"{c} ({n} runs)" for c, n in counts.items())

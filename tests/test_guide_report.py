@@ -121,3 +121,21 @@ def test_twins_come_from_any_results_file_and_equal_runs_are_said_to_be_equal(tm
     line = guide_report.machines_section(tmp_path).splitlines()[2]
     assert line.endswith("| 1: gn_seed0 | 0 | 99.40 | 99.30 | -0.10 | | one run |") or \
         line.endswith("| 1: gn_seed0 | 0 | 99.30 | 99.40 | +0.10 | | one run |")
+
+
+def test_older_runs_without_a_fingerprint_are_set_beside_their_fingerprinted_twins(tmp_path):
+    (tmp_path / "guide").mkdir()
+    gn, bn = (c for c in guide.POINTS["batch_64"] if c.norm in ("gn", "bn") and not c.bn_batch)
+    save_json({"summary": None, "runs": [record(c, s, 99.0 + s) for s in range(3) for c in (gn, bn)]},
+              tmp_path / "guide" / "batch_64.json")
+    unrecorded = lambda run: {**run, "fingerprint": None, "cpu": "Intel"}  # noqa: E731
+    save_json({"summary": None, "runs": [unrecorded(record(gn, s, 99.0 + s)) for s in range(3)]},
+              tmp_path / "same_machine.json")
+    moved = [unrecorded(record(bn, s, 99.0 + s + d)) for s, d in enumerate((0.1, -0.3, 0.5))]
+    save_json({"summary": None, "runs": moved}, tmp_path / "other_machine.json")
+    lines = guide_report.older_runs_table(tmp_path)
+    other, same = lines[-2:]  # in file order
+    assert same.startswith("| `same_machine.json` (Intel, torch ?) | an unrecorded CPU (") and same.endswith(
+        "| 3 | 3 | +0.00 | | |")
+    interval = paired([99.1, 99.7, 101.5], [99.0, 100.0, 101.0])
+    assert other.endswith(f"| 3 | 0 | +0.10 | {interval['low']:+.2f} to {interval['high']:+.2f} | 0.40, +0.50 |")
