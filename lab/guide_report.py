@@ -249,8 +249,8 @@ def machines_section(results):
     if not found:
         return (f"Every guide run so far ({len(runs)} runs) trained on {machines(runs)}: no run has a twin on "
                 f"another machine yet, so the machine effect is not measured here.") if runs else "No guide runs yet."
-    lines = ["| machines, B − A | runs on both | equal bit for bit | A | B | B − A (points) | 95% interval (paired) "
-             "| verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| machines, B − A | runs on both | equal bit for bit | A | B | B − A (points) "
+             "| 95% interval (paired) | verdict |", "|---|---|---:|---:|---:|---:|---|---|"]
     for (a, b), pairs in found.items():
         on_a = [first["epochs"][-1]["test_acc"] for first, _ in pairs.values()]
         on_b = [second["epochs"][-1]["test_acc"] for _, second in pairs.values()]
@@ -300,5 +300,24 @@ def older_runs_table(results):
     return lines
 
 
+def batch_64_section(results):
+    """The batch-64, 3-epoch point of BN, GN and LN from the guide's paired runs: the one source the batch-size and
+    learning-rate pages quote for it (each page's own file ran it on another machine)."""
+    from plumbing.results import over_seeds
+    runs = load_results(Path(results) / GUIDE / "batch_64.json")["runs"]
+    cells = []
+    for config in (c for c in POINTS["batch_64"] if c.norm in COMPARED and not c.bn_batch):
+        finished = [r for r in runs if variant_name(config_from_record(r["config"])) == variant_name(config)
+                    and "diverged" not in r]
+        if finished:
+            spread = over_seeds(r["epochs"][-1]["test_acc"] for r in finished)
+            cells.append(f"{label(config)} {spread['mean']:.2f} ± {spread['std']:.2f}%")
+    if not cells:
+        return "Not run yet: `python -m lab.guide --points batch_64` writes `results/guide/batch_64.json`."
+    return (f"**The batch-64 point under the protocol** (`results/guide/batch_64.json`, 3 epochs, {seeds_line(runs)}, "
+            f"each seed's norms on {machines(runs)}): {', '.join(cells)}, mean ± std over seeds; the paired "
+            f"comparisons: [the protocol page](protocol.md#batch_64).")
+
+
 SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,
-            "GUIDE_SHIFT": guide_shift_section, "GUIDE_MACHINES": machines_section}
+            "GUIDE_SHIFT": guide_shift_section, "GUIDE_MACHINES": machines_section, "GUIDE_BATCH_64": batch_64_section}

@@ -139,3 +139,14 @@ def test_older_runs_without_a_fingerprint_are_set_beside_their_fingerprinted_twi
         "| 3 | 3 | +0.00 | | |")
     interval = paired([99.1, 99.7, 101.5], [99.0, 100.0, 101.0])
     assert other.endswith(f"| 3 | 0 | +0.10 | {interval['low']:+.2f} to {interval['high']:+.2f} | 0.40, +0.50 |")
+
+
+def test_the_batch_64_point_is_one_line_both_pages_quote(tmp_path):
+    (tmp_path / "guide").mkdir()
+    assert guide_report.batch_64_section(tmp_path).startswith("Not run yet")
+    runs = [record(c, s, 99.0 + 0.1 * s, diverged=(c.norm, s) == ("ln", 1))
+            for s in range(2) for c in guide.POINTS["batch_64"]]
+    save_json({"summary": None, "runs": runs}, tmp_path / "guide" / "batch_64.json")
+    line = guide_report.batch_64_section(tmp_path)
+    assert "seeds 0, 1, each seed's norms on an unrecorded CPU" in line
+    assert "BN 99.05 ± 0.07%, GN 99.05 ± 0.07%, LN 99.00 ± 0.00%, mean ± std" in line  # LN's seed 1 diverged
