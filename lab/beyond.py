@@ -107,16 +107,17 @@ def papers_section(results):
     lines = ["| source | their setting | they report | here, after 3 epochs: A − B | paired seeds | A − B (points) "
              f"| interval (level {level:.4g}%) | verdict |", "|---|---|---|---|---:|---:|---|---|"]
     for source, setting, reported, a, b in CLAIMS:
-        pairs, _ = paired_seeds(cells.get(a, {}), cells.get(b, {}))
+        pairs, left_out = paired_seeds(cells.get(a, {}), cells.get(b, {}))
         differences = [x - y for x, y in pairs.values()]
         head = f"| {source} | {setting} | {reported} | {cell_label(a)} − {cell_label(b)} | {len(pairs)} |"
+        note = f" ({'; '.join(left_out)})" if left_out else ""  # a diverged seed is named, never dropped silently
         if len(pairs) < 2:
             shown = f" {differences[0]:+.2f} |" if pairs else " |"
-            lines.append(f"{head}{shown} | no interval from {len(pairs)} seed{'s' * (len(pairs) != 1)} |")
+            lines.append(f"{head}{shown} | no interval from {len(pairs)} seed{'s' * (len(pairs) != 1)}{note} |")
             continue
         result = paired([x for x, _ in pairs.values()], [y for _, y in pairs.values()], family=len(CLAIMS))
         lines.append(f"{head} {result['difference']:+.2f} | {result['low']:+.2f} to {result['high']:+.2f} | "
-                     f"{claim_verdict(result, len(pairs))} |")
+                     f"{claim_verdict(result, len(pairs))}{note} |")
     return "\n".join(lines)
 
 

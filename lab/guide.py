@@ -189,8 +189,8 @@ def run_order(point, results=GUIDE_DIR):
 
 def progress(point, seeds, results=GUIDE_DIR):
     """('seeds 0, 1 recorded; seed 2: 3 of 11 runs; to go: 52 runs, about 70 run-minutes at the recorded times',
-    runs to go, their estimated minutes) of a point, over those of `seeds` it trains (a selection: its
-    SELECTION_SEEDS); each variant's time is the mean of its recorded runs."""
+    runs to go, their estimated minutes, how many of them have no time yet) of a point, over those of `seeds` it
+    trains (a selection: its SELECTION_SEEDS); each variant's time is the mean of its finished runs."""
     from plumbing.results import find_run, load_results
     runs = load_results(results_file(point, results))["runs"]
     configs = point_configs(point, results)
@@ -200,8 +200,8 @@ def progress(point, seeds, results=GUIDE_DIR):
     partial = [f"seed {seed}: {len(configs) - found[seed].count(None)} of {len(configs)} runs" for seed in seeds
                if seed not in complete and any(found[seed])]
     left = [c for seed in seeds for c, run in zip(configs, found[seed]) if run is None]
-    minutes = {}  # variant -> mean recorded minutes of training and testing
-    for run in runs:
+    minutes = {}  # variant -> mean recorded minutes of training and testing, over its runs that finished
+    for run in (run for run in runs if "diverged" not in run):
         minutes.setdefault(variant_name(config_from_record(run["config"])), []).append(
             sum(epoch["seconds"] for epoch in run["epochs"]) / 60)
     known = [sum(m) / len(m) for c in left if (m := minutes.get(variant_name(c)))]
@@ -209,7 +209,7 @@ def progress(point, seeds, results=GUIDE_DIR):
                 + (f" ({len(left) - len(known)} not timed yet)" if len(known) < len(left) else "") if known else "")
     recorded = f"seeds {', '.join(map(str, complete))} recorded" if complete else "no seed recorded"
     line = "; ".join([recorded, *partial, f"to go: {len(left)} runs{estimate}" if left else "nothing to go"])
-    return line, len(left), sum(known)
+    return line, len(left), sum(known), len(left) - len(known)
 
 
 def make_parser():
@@ -235,20 +235,22 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     check_engine_args(make_parser(), args)
     if args.list:
-        runs_to_go = minutes_to_go = 0
+        runs_to_go = minutes_to_go = untimed = 0
         for point in args.points:
             configs = point_configs(point, args.results)
             print(f"{point}: " + (", ".join(variant_name(c) for c in configs) if configs else
                                   f"each norm at its LR chosen by {CHOSEN.get(point)}, once that has "
                                   f"{SELECTION_SEEDS.get(CHOSEN.get(point))} seeds"))
             if configs:
-                line, left, minutes = progress(point, args.seeds, args.results)
+                line, left, minutes, not_timed = progress(point, args.seeds, args.results)
                 print("  " + line)
-                runs_to_go, minutes_to_go = runs_to_go + left, minutes_to_go + minutes
+                runs_to_go, minutes_to_go, untimed = runs_to_go + left, minutes_to_go + minutes, untimed + not_timed
+        notes = [f"{untimed} runs not timed yet"] * bool(untimed) + [
+            "a point waiting for its selection not counted"] * (not all(point_configs(p, args.results)
+                                                                       for p in args.points))
         print(f"in all: {runs_to_go} runs to go over seeds {', '.join(map(str, args.seeds))}, about "
               f"{minutes_to_go / 60:.1f} run-hours at the recorded times"
-              + ("" if all(point_configs(p, args.results) for p in args.points) else
-                 " (a point waiting for its selection not counted)"))
+              + (f" ({'; '.join(notes)})" if notes else ""))
         return 0
     from lab.runner import run_command
     data_dir = args.data_dir or default_data_dir()

@@ -215,15 +215,18 @@ def twins(results):
 
 
 def unfingerprinted_twins(results):
-    """{(results file, machine): [(older run, fingerprinted twin)]}: the older runs that record no fingerprint, each
-    beside a fingerprinted run of the same configuration and seed: which machine computed what they did, and how
-    far a run moves where none did."""
+    """{(results file, its runs' machine as recorded, fingerprinted machine): [(older run, twin)]}: the older runs
+    that record no fingerprint, each beside one fingerprinted run of the same configuration and seed per machine:
+    which machine computed what they did, and how far a run moves where none did."""
     runs = recorded_runs(results)
     known = group_by([run for _, run in runs if run.get("fingerprint")], identity)
     found = {}
     for path, run in runs:
-        for twin in ([] if run.get("fingerprint") else known.get(identity(run), [])[:1]):
-            found.setdefault((path.name, machine_name(twin)), []).append((run, twin))
+        twins_by_machine = {} if run.get("fingerprint") else {
+            machine_name(twin): twin for twin in reversed(known.get(identity(run), []))}  # the first one each
+        recorded = f"{machines([run])}, torch {run.get('torch', '?')}"
+        for machine, twin in twins_by_machine.items():
+            found.setdefault((path.name, recorded, machine), []).append((run, twin))
     return found
 
 
@@ -245,7 +248,7 @@ def machines_section(results):
     paired interval; or that every guide run so far trained on one machine."""
     from plumbing.stats import paired
     found = twins(results)
-    runs = [r for path in (Path(results) / GUIDE).glob("*.json") for r in load_results(path)["runs"]]
+    runs = [run for path, run in recorded_runs(results) if path.parent.name == GUIDE.name]
     if not found:
         return (f"Every guide run so far ({len(runs)} runs) trained on {machines(runs)}: no run has a twin on "
                 f"another machine yet, so the machine effect is not measured here.") if runs else "No guide runs yet."
@@ -284,10 +287,10 @@ def older_runs_table(results):
                  "where none is equal, how far one run moves between machines. They are still never paired (rule 7).",
              "", "| results file, B (its CPU, torch) | A | runs | equal in every epoch | B − A (points) "
                  "| 95% interval (paired) | per-run spread: SD, largest |", "|---|---|---:|---:|---:|---|---|"]
-    for (name, machine), pairs in sorted(found.items()):
+    for (name, recorded, machine), pairs in sorted(found.items()):
         old, new = ([run["epochs"][-1]["test_acc"] for run in side] for side in zip(*pairs))
         differences = [b - a for a, b in zip(new, old)]
-        where = f"`{name}` ({machines([pairs[0][0]])}, torch {pairs[0][0].get('torch', '?')})"
+        where = f"`{name}` ({recorded})"
         equal = sum(bit_for_bit(*pair) for pair in pairs)
         head = f"| {where} | {machine} | {len(pairs)} | {equal} | {sum(differences) / len(differences):+.2f} | "
         if equal == len(pairs) or len(pairs) < 2:
@@ -311,11 +314,12 @@ def batch_64_section(results):
                     and "diverged" not in r]
         if finished:
             spread = over_seeds(r["epochs"][-1]["test_acc"] for r in finished)
-            cells.append(f"{label(config)} {spread['mean']:.2f} ± {spread['std']:.2f}%")
+            cells.append(f"{label(config)} {spread['mean']:.2f} ± {spread['std']:.2f}% ({len(finished)})")
     if not cells:
         return "Not run yet: `python -m lab.guide --points batch_64` writes `results/guide/batch_64.json`."
     return (f"**The batch-64 point under the protocol** (`results/guide/batch_64.json`, 3 epochs, {seeds_line(runs)}, "
-            f"each seed's norms on {machines(runs)}): {', '.join(cells)}, mean ± std over seeds; the paired "
+            f"each seed's norms on {machines(runs)}): {', '.join(cells)}, mean ± std over the seeds in brackets; "
+            f"the paired "
             f"comparisons: [the protocol page](protocol.md#batch_64).")
 
 

@@ -63,9 +63,9 @@ def welch_table(pairs, family=None, unit="points"):
     (name_a, values_a, name_b, values_b) in `pairs`, the difference of means (A − B, in `unit`), Welch's interval at
     the level that a Bonferroni adjustment over `family` comparisons gives (default: the pairs given), and the verdict:
     "separated" when that interval excludes 0, else "not told apart" with the smallest difference these seeds
-    would detect (80% power at that level). A pair with a fifth item True holds one set of models tested two ways
-    (values in one seed order): its interval is paired, over each model's own difference, and its seeds column
-    says "3 paired"."""
+    would detect (80% power at that level). Values are lists, or {seed: value}. A pair with a fifth item True holds
+    one set of models tested two ways, both sides {seed: value}: its interval is paired by seed, over each model's
+    own difference, and its seeds column says "3 paired"."""
     from plumbing.stats import ALPHA, paired, welch
     family = family or len(pairs)
     level = f"{100 * (1 - ALPHA / family):.4g}%"
@@ -74,8 +74,11 @@ def welch_table(pairs, family=None, unit="points"):
              "|---|---:|---:|---:|---:|---|---|"]
     for name_a, a, name_b, b, *same_models in pairs:
         if same_models == [True]:
+            common = sorted(a.keys() & b.keys())  # each seed's model against itself
+            a, b = [a[seed] for seed in common], [b[seed] for seed in common]
             result, seeds = paired(a, b, family=family), f"{len(a)} paired"
         else:
+            a, b = (list(x.values()) if isinstance(x, dict) else x for x in (a, b))
             result, seeds = welch(a, b, alpha=ALPHA / family), f"{len(a)} + {len(b)}"
         verdict = ("**separated**" if result["separated"]
                    else f"not told apart (would detect {result['detectable']:.2f})")

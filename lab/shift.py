@@ -189,10 +189,10 @@ MODE_NAMES = {"running": "running statistics (as deployed)", "test_batch": "test
 
 
 def per_seed(rows):
-    """{(variant, BN mode, shift, severity): the test accuracy of each seed, in seed order}."""
+    """{(variant, BN mode, shift, severity): {seed: test accuracy}, in seed order}."""
     groups = group_by(sorted(rows, key=lambda row: row["seed"]),
                       lambda row: (row["variant"], row["bn_stats"], row["shift"], row["severity"]))
-    return {key: [row["test_acc"] for row in group] for key, group in groups.items()}
+    return {key: {row["seed"]: row["test_acc"] for row in group} for key, group in groups.items()}
 
 
 def condition_label(name, severity):
@@ -216,8 +216,9 @@ def l1_table(accs, conditions_run):
              f"| detectable difference: median (smallest-largest) |",
              "|---|---:|---:|---|---|"]
     for mode in BN_MODES:
-        results = {condition: welch(accs[("bn_l1", mode, *condition)], accs[("bn", mode, *condition)],
-                                    alpha=ALPHA / family) for condition in conditions_run}
+        results = {condition: welch(list(accs[("bn_l1", mode, *condition)].values()),
+                                    list(accs[("bn", mode, *condition)].values()), alpha=ALPHA / family)
+                   for condition in conditions_run}
         closest, r = max(results.items(),
                          key=lambda item: abs(item[1]["difference"]) / (item[1]["high"] - item[1]["low"]))
         detectable = sorted(result["detectable"] for result in results.values())

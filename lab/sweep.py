@@ -253,14 +253,15 @@ WELCH_NOTE = ("Welch's interval of two independent groups of seeds (docs/protoco
               "seeds would detect (80% power at that level)")
 
 
-def final_accs(runs, key="test_acc", suffix=""):
-    """{(label + suffix, batch size): the final `key` of each finished run, in seed order}: what Welch compares."""
+def final_accs(runs, key="test_acc", suffix="", by_seed=False):
+    """{(label + suffix, batch size): the final `key` of each finished run, in seed order}: what Welch compares;
+    with `by_seed` {seed: value} instead of a list, what a paired row compares."""
     accs = {}
     for run in sorted(finished(runs), key=lambda run: run["config"]["seed"]):
         if key in run["epochs"][-1]:
             point = (VARIANTS[run_key(run)].label + suffix, run["config"]["batch_size"])
-            accs.setdefault(point, []).append(run["epochs"][-1][key])
-    return accs
+            accs.setdefault(point, {})[run["config"]["seed"]] = run["epochs"][-1][key]
+    return accs if by_seed else {point: list(values.values()) for point, values in accs.items()}
 
 
 def welch_by_batch(title, accs, comparisons, sizes=None):
@@ -297,9 +298,9 @@ def batch_size_welch_section(results):
     """BN, GN and LN against each other at every batch size and at their best; BN tested two other ways."""
     runs = read(results, "batch_size_sweep.json")["runs"]
     accs = final_accs(runs)
-    tested = {**{p: v for p, v in accs.items() if p[0] in ("BN", "GN")},
-              **final_accs(runs, "test_acc_batch_stats", " (batch stats)"),
-              **final_accs(runs, "test_acc_precise_stats", " (recomputed stats)")}
+    tested = {**{p: v for p, v in final_accs(runs, by_seed=True).items() if p[0] in ("BN", "GN")},
+              **final_accs(runs, "test_acc_batch_stats", " (batch stats)", by_seed=True),
+              **final_accs(runs, "test_acc_precise_stats", " (recomputed stats)", by_seed=True)}
     return "\n".join([
         welch_by_batch("The norms", accs, list(combinations(NORM_LABELS, 2))), "",
         f"*Each norm at its best batch size* (the highest mean; {len(NORM_LABELS)} comparisons, one family):", "",

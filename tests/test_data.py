@@ -35,7 +35,7 @@ def test_splits_on_the_device_normalized(tiny_mnist):
     assert set(splits) == {"train", "test"}
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     assert train_x.shape == (2048, 1, 28, 28) and test_x.shape == (512, 1, 28, 28)
-    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert train_x.dtype == torch.float32 and train_y.dtype == test_y.dtype == torch.int64
     assert train_x.min().item() == pytest.approx((0 - MNIST_MEAN) / MNIST_STD)
     assert train_x.max().item() == pytest.approx((1 - MNIST_MEAN) / MNIST_STD)
 

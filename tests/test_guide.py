@@ -126,11 +126,17 @@ def test_list_says_what_is_recorded_and_what_is_left_with_its_time(tmp_path, cap
              "epochs": [{"epoch": 1, "test_acc": 99.0, "seconds": 60.0 * (1 + seed)}]}
             for seed, batch in ((0, configs), (1, configs[:2])) for c in batch]
     save_json({"summary": None, "runs": runs}, tmp_path / "batch_512_equal_steps.json")
-    line, left, minutes = guide.progress("batch_512_equal_steps", [0, 1, 2], tmp_path)
+    line, left, minutes, untimed = guide.progress("batch_512_equal_steps", [0, 1, 2], tmp_path)
     # seed 1 half done; 2 runs of seed 1 and 4 of seed 2 to go; each variant's time the mean of its runs
     assert line == ("seeds 0 recorded; seed 1: 2 of 4 runs; to go: 6 runs, about 7 run-minutes at the recorded "
-                    "times") and left == 6 and minutes == 2 * 1 + 1.5 * 2 + 1 * 2
+                    "times") and (left, untimed) == (6, 0) and minutes == 2 * 1 + 1.5 * 2 + 1 * 2
     assert guide.main(["--list", "--points", "batch_512_equal_steps", "--results", str(tmp_path), "--seeds", "0",
                        "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == ("in all: 2 runs to go over seeds 0, 1, about 0.0 run-hours "
                                                         "at the recorded times")
+
+
+def test_list_on_a_fresh_folder_says_nothing_is_timed_yet(tmp_path, capsys):
+    assert guide.main(["--list", "--points", "adam_lr", "--results", str(tmp_path), "--seeds", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("in all: 6 runs to go over seeds 0, about 0.0 run-hours at "
+                                                        "the recorded times (6 runs not timed yet)")

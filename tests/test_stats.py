@@ -73,14 +73,15 @@ def test_welch_table_adjusts_over_its_family_and_names_the_verdict():
 def test_one_model_tested_two_ways_is_paired_in_the_welch_table():
     from lab.sections import welch_table
     # each seed's model loses about 0.1 tested the other way; the seeds themselves spread far more than that
-    running, batch_stats = [99.0, 99.4, 98.6], [98.9, 99.31, 98.49]
+    running, batch_stats = {0: 99.0, 1: 99.4, 2: 98.6}, {2: 98.49, 0: 98.9, 1: 99.31}  # paired by seed, not order
     table = welch_table([("BN (batch stats)", batch_stats, "BN", running, True),
                          ("BN (batch stats)", batch_stats, "BN", running)]).splitlines()
     assert "97.5% interval (Welch; paired: one model tested two ways)" in table[0]
-    assert table[2].startswith("| BN (batch stats) − BN | 3 paired |") and table[2].endswith("| **separated** |")
+    assert table[2].startswith("| BN (batch stats) − BN | 3 paired | 98.90 | 99.00 | -0.10 |")
+    assert table[2].endswith("| **separated** |")
     assert table[3].startswith("| BN (batch stats) − BN | 3 + 3 |") and "not told apart" in table[3]
-    with pytest.raises(ValueError, match="two equal lists"):
-        welch_table([("A", [1.0, 2.0], "B", [1.0, 2.0, 3.0], True)])
+    one_missing = welch_table([("A", {0: 1.0, 1: 2.0, 2: 3.5}, "B", {1: 1.9, 2: 3.3, 3: 9.0}, True)])
+    assert "| A − B | 2 paired | 2.75 | 2.60 | +0.15 |" in one_missing  # seeds 1 and 2, the ones both have
 
 
 def test_an_undefined_interval_is_never_separated_and_a_constant_group_is_fine():
