@@ -57,8 +57,8 @@ def beyond_section(results):
     from lab.sections import machines, seeds_line
     return "\n".join(lines + ["", f"Final test accuracy (%) after 3 epochs, mean ± std over the seeds in brackets, "
                                   f"from `results/guide/batch_*.json` ({len(runs)} runs, {seeds_line(runs)}, on "
-                                  f"{machines(runs)}). The paired comparisons: [the protocol page]"
-                                  f"(protocol.md#the-evidence-so-far)."])
+                                  f"{machines(runs)}). The paired comparisons: [the batch-size page]"
+                                  f"(batch_size.md#the-guides-paired-runs)."])
 
 
 # what each paper reports, and the pair of cells (norm, batch size, normalization batch) that asks the same here:

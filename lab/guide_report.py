@@ -117,21 +117,36 @@ def point_section(point, runs):
     return lines
 
 
+# where each point's paired tables stand: the page of the experiment it belongs to (a selection's are above)
+POINT_PAGES = {"adam_lr": "learning_rate.md", "sgd_chosen": "learning_rate.md", "adam_chosen": "learning_rate.md",
+               "recipe": "gn_family.md", **{point: "batch_size.md" for point in ALL_POINTS if point.startswith("batch_")}}
+PAGE_TITLES = {"learning_rate.md": "learning rate", "batch_size.md": "batch size", "gn_family.md": "GN family"}
+
+
 def guide_points_section(results):
-    """Every guide point trained so far: its seeds, its machines, and its paired comparisons."""
+    """Every guide point: its runs, seeds and machines so far, and the page that holds its paired tables."""
     lines = []
     for point in ALL_POINTS:
         runs = load_results(Path(results) / GUIDE / f"{point}.json")["runs"]
-        if not runs:
-            lines.append(f"- **{point}**: no runs yet.")
-            continue
-        lines.append(f"- **{point}**: {len(runs)} runs, {seeds_line(runs)}, on {machines(runs)}.")
-    lines.append("")
-    for point in ALL_POINTS:
+        where = (f"; the tables: [{PAGE_TITLES[POINT_PAGES[point]]}]"
+                 f"({POINT_PAGES[point]}#{point})" if point in POINT_PAGES else
+                 "; the choice: [above](#the-learning-rates-chosen-on-validation)")
+        lines.append(f"- **{point}**: " + (f"{len(runs)} runs, {seeds_line(runs)}, on {machines(runs)}{where}."
+                                           if runs else "no runs yet."))
+    return "\n".join(lines)
+
+
+def one_point_section(point):
+    """A section writing one guide point's paired tables, for the page of the experiment the point belongs to."""
+    def section(results):
         runs = load_results(Path(results) / GUIDE / f"{point}.json")["runs"]
-        if runs and point not in SELECTION_SEEDS:
-            lines += [f"#### {point}", *point_section(point, runs), ""]
-    return "\n".join(lines).rstrip()
+        if not runs:
+            return f"Not run yet: `python -m lab.guide --points {point}` writes `results/guide/{point}.json`."
+        return "\n".join([f"#### {point}", "", f"`results/guide/{point}.json`, {seeds_line(runs)}, on "
+                          f"{machines(runs)}: final test accuracy, A − B over the seeds whose two runs share one "
+                          f"machine, the t interval Bonferroni-adjusted over the family, a verdict from "
+                          f"{VERDICT_SEEDS} paired seeds ([the protocol](protocol.md)).", *point_section(point, runs)])
+    return section
 
 
 def chosen_lr_section(results):
@@ -320,8 +335,11 @@ def batch_64_section(results):
     return (f"**The batch-64 point under the protocol** (`results/guide/batch_64.json`, 3 epochs, {seeds_line(runs)}, "
             f"each seed's norms on {machines(runs)}): {', '.join(cells)}, mean ± std over the seeds in brackets; "
             f"the paired "
-            f"comparisons: [the protocol page](protocol.md#batch_64).")
+            f"comparisons: [batch 64](batch_size.md#batch_64).")
 
 
 SECTIONS = {"GUIDE_POINTS": guide_points_section, "GUIDE_CHOSEN_LR": chosen_lr_section,
-            "GUIDE_SHIFT": guide_shift_section, "GUIDE_MACHINES": machines_section, "GUIDE_BATCH_64": batch_64_section}
+            "GUIDE_SHIFT": guide_shift_section, "GUIDE_MACHINES": machines_section,
+            "BATCH_64_ONE_SOURCE": batch_64_section,
+            # each point's tables on its experiment's page (POINT_PAGES): GUIDE_ADAM_LR, GUIDE_BATCH_2, ...
+            **{f"GUIDE_{point.upper()}": one_point_section(point) for point in POINT_PAGES}}

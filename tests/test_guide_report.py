@@ -55,8 +55,11 @@ def test_the_sections_read_a_guide_folder(tmp_path):
     save_json({"summary": None, "runs": [record(c, s, 99.0 + 0.1 * s * (c.norm == "none")) for s in range(2)
                                          for c in configs]},
               tmp_path / "guide" / "recipe.json")
-    text = guide_report.guide_points_section(tmp_path)
-    assert "- **recipe**: 10 runs, seeds 0, 1" in text and "- **batch_2**: no runs yet." in text
+    index = guide_report.guide_points_section(tmp_path)
+    assert "- **recipe**: 10 runs, seeds 0, 1, on an unrecorded CPU; the tables: [GN family](gn_family.md#recipe)." \
+        in index and "- **batch_2**: no runs yet." in index
+    text = guide_report.SECTIONS["GUIDE_RECIPE"](tmp_path)  # on the GN family's page
+    assert text.startswith("#### recipe\n") and guide_report.SECTIONS["GUIDE_BATCH_2"](tmp_path).startswith("Not run")
     interval = paired([99.0, 99.1], [99.0, 99.0], family=4)  # four comparisons with GN(4) at the recipe
     assert (f"| no norm − GN | 2 | 99.05 | 99.00 | +0.05 | {interval['low']:+.2f} to {interval['high']:+.2f} | "
             "none yet: 2 of 6 seeds |") in text
