@@ -213,12 +213,12 @@ def identity(run):
     return json.dumps(run_identity(config_from_record(run["config"])), sort_keys=True, default=str)
 
 
-def twins(results):
+def twins(results, recorded=None):
     """{(machine A, machine B): {run name: (run on A, run on B)}}: the same run (config and seed, config.run_identity)
     trained on two machines (fingerprints), wherever each was recorded: the guide's files (the machine-effect runs,
     the seeds set aside when a point moved to another machine) and every results file of `results` whose runs
     record a fingerprint."""
-    runs = [run for _, run in recorded_runs(results) if run.get("fingerprint")]
+    runs = [run for _, run in recorded or recorded_runs(results) if run.get("fingerprint")]
     found = {}
     for same in group_by(runs, identity).values():
         for a, b in combinations(same, 2):
@@ -229,11 +229,11 @@ def twins(results):
     return found
 
 
-def unfingerprinted_twins(results):
+def unfingerprinted_twins(results, recorded=None):
     """{(results file, its runs' machine as recorded, fingerprinted machine): [(older run, twin)]}: the older runs
     that record no fingerprint, each beside one fingerprinted run of the same configuration and seed per machine:
     which machine computed what they did, and how far a run moves where none did."""
-    runs = recorded_runs(results)
+    runs = recorded or recorded_runs(results)
     known = group_by([run for _, run in runs if run.get("fingerprint")], identity)
     found = {}
     for path, run in runs:
@@ -262,8 +262,9 @@ def machines_section(results):
     """The machine effect: per pair of machines, the mean difference of the same runs' final test accuracy, with its
     paired interval; or that every guide run so far trained on one machine."""
     from plumbing.stats import paired
-    found = twins(results)
-    runs = [run for path, run in recorded_runs(results) if path.parent.name == GUIDE.name]
+    recorded = recorded_runs(results)  # read once, for both tables
+    found = twins(results, recorded)
+    runs = [run for path, run in recorded if path.parent.name == GUIDE.name]
     if not found:
         return (f"Every guide run so far ({len(runs)} runs) trained on {machines(runs)}: no run has a twin on "
                 f"another machine yet, so the machine effect is not measured here.") if runs else "No guide runs yet."
@@ -288,13 +289,13 @@ def machines_section(results):
     return "\n".join(lines + ["", "The same configuration and seed (named by its run) trained on two machines, final "
                                    "test accuracy: from `results/guide/machine_*.json`, the seeds retrained whole on a "
                                    "new machine, and every results file's runs that record a fingerprint."]
-                      + older_runs_table(results))
+                      + older_runs_table(results, recorded))
 
 
-def older_runs_table(results):
+def older_runs_table(results, recorded=None):
     """Markdown lines: per older results file without fingerprints, its runs against their fingerprinted twins."""
     from plumbing.stats import paired
-    found = unfingerprinted_twins(results)
+    found = unfingerprinted_twins(results, recorded)
     if not found:
         return []
     lines = ["", "Older runs that record no fingerprint, each against a fingerprinted run of the same configuration "
