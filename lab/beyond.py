@@ -43,8 +43,9 @@ def cell(by_seed):
     return text + (f", {diverged} diverged" if diverged else "")
 
 
-def beyond_section(results):
-    """The seven norms (rows) at each batch size (columns), and BN over slices: mean ± std test accuracy, seeds."""
+def beyond_section(results, docs=""):
+    """The seven norms (rows) at each batch size (columns), and BN over slices: mean ± std test accuracy, seeds;
+    `docs` is the docs folder's path from where the text is read ("" on docs/beyond.md, "docs/" in the notebook)."""
     cells = final_accuracies(results)
     if not cells:
         return "Not run yet: `python -m lab.guide` writes `results/guide/batch_*.json`."
@@ -58,7 +59,7 @@ def beyond_section(results):
     return "\n".join(lines + ["", f"Final test accuracy (%) after 3 epochs, mean ± std over the seeds in brackets, "
                                   f"from `results/guide/batch_*.json` ({len(runs)} runs, {seeds_line(runs)}, on "
                                   f"{machines(runs)}). The paired comparisons: [the batch-size page]"
-                                  f"(batch_size.md#the-guides-paired-runs)."])
+                                  f"({docs}batch_size.md#the-guides-paired-runs)."])
 
 
 # what each paper reports, and the pair of cells (norm, batch size, normalization batch) that asks the same here:
