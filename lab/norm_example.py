@@ -13,9 +13,9 @@ FIGURE = "images/norm_groups.png"
 PAGE = "README.md"
 # the worked example's words for what each normalization averages over, for x of shape (N, C, H, W)
 AXES = {
-    "BN": "each channel, over (N, H, W): 4, channels 0-3, shared by both images",
-    "GN": "each image and group of 2 channels, over (C/2, H, W): 4, image 0 groups 0-1, then image 1",
-    "LN": "each image, over (C, H, W): 2, image 0 then image 1",
+    "BN": "over (N, H, W): 4 pairs, one per channel (channels 0-3), shared by both images",
+    "GN": "over (C/2, H, W): 4 pairs, one per image and group of 2 channels (image 0's groups 0 and 1, then image 1's)",
+    "LN": "over (C, H, W): 2 pairs, one per image (image 0, then image 1)",
 }
 # the figure's panels, in the paper's order: what each norm averages over, and how many statistics that gives
 TITLES = {"BN": "BN: over (N, H, W)\none per channel", "LN": "LN: over (C, H, W)\none per image",
@@ -72,7 +72,7 @@ def markdown():
     lines = ["Input x, shape (2, 4, 2, 2), each channel's 2x2 pixels read row by row:", "",
              "| image | channel 0 | channel 1 | channel 2 | channel 3 |", "|---|---|---|---|---|"]
     lines += [f"| {n} | " + " | ".join(fmt(x[n, c]) for c in range(4)) + " |" for n in range(2)]
-    lines += ["", "| norm | statistics: over what, how many | means | variances | image 0, channel 0 becomes "
+    lines += ["", "| norm | statistics (a mean and a variance): over what, how many | means | variances | image 0, channel 0 becomes "
               "| image 1, channel 1 becomes |", "|---|---|---|---|---|---|"]
     for name, (out, mean, var) in worked_example().items():
         lines.append(f"| **{name}** | {AXES[name]} | {fmt(mean)} | {fmt(var)} | {fmt(out[0, 0])} | {fmt(out[1, 1])} |")
