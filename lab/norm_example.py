@@ -72,8 +72,8 @@ def markdown():
     lines = ["Input x, shape (2, 4, 2, 2), each channel's 2x2 pixels read row by row:", "",
              "| image | channel 0 | channel 1 | channel 2 | channel 3 |", "|---|---|---|---|---|"]
     lines += [f"| {n} | " + " | ".join(fmt(x[n, c]) for c in range(4)) + " |" for n in range(2)]
-    lines += ["", "| norm | statistics (a mean and a variance): over what, how many | means | variances | image 0, channel 0 becomes "
-              "| image 1, channel 1 becomes |", "|---|---|---|---|---|---|"]
+    lines += ["", "| norm | statistics (a mean and a variance): over what, how many | means | variances "
+              "| image 0, channel 0 becomes | image 1, channel 1 becomes |", "|---|---|---|---|---|---|"]
     for name, (out, mean, var) in worked_example().items():
         lines.append(f"| **{name}** | {AXES[name]} | {fmt(mean)} | {fmt(var)} | {fmt(out[0, 0])} | {fmt(out[1, 1])} |")
     return "\n".join(lines)
