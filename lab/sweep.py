@@ -170,11 +170,12 @@ def batch_size_section(results):
     """The sweep of BN, GN and LN (the norms added later, at fewer batch sizes, are on the GN-family page)."""
     sweep = read(results, "batch_size_sweep.json")
     runs = [run for run in sweep["runs"] if run_key(run) in COMPARED]
-    first = runs[0]
+    first, left = runs[0], len(sweep["runs"]) - len(runs)
+    others = f"; the file's {left} other runs are on [the GN-family page](gn_family.md)" if left else ""
     return "\n".join([
         batch_size_table([e for e in sweep["summary"] if e["norm"] in COMPARED]), "",
-        f"From `results/batch_size_sweep.json`: {len(runs)} runs of {first['config']['epochs']} epochs "
-        f"({seeds_line(runs)}; mean ± std over seeds), {hardware_line(first)} per run; "
+        f"From `results/batch_size_sweep.json`: {len(runs)} runs of BN, GN and LN, {first['config']['epochs']} epochs "
+        f"each ({seeds_line(runs)}; mean ± std over seeds{others}), {hardware_line(first)} per run; "
         f"{sum(row['seconds'] for run in runs for row in run['epochs']) / 3600:.1f} hours of training and "
         f"testing in all, two or three runs at a time on the 2-core machine."])
 
@@ -309,7 +310,8 @@ def batch_size_welch_section(results):
                        [("BN (batch stats)", "BN", True), ("BN (recomputed stats)", "BN", True),
                         ("GN", "BN (recomputed stats)")]),
         "", f"Final test accuracy % after {EPOCHS} epochs, from `results/batch_size_sweep.json` ({seeds_line(runs)}); "
-        f"{WELCH_NOTE}. In the last table BN tested two ways is paired: each seed's model against itself."])
+        f"{WELCH_NOTE}. In the last table BN tested two ways is paired: each seed's model against itself; plain "
+        f"\"BN\" there is BN tested with its running averages."])
 
 
 @needs("batch_size_equal_steps.json", "python -m lab.sweep --equal-steps")

@@ -243,7 +243,8 @@ def test_batch_size_section_leaves_the_gn_family_out_and_adds_the_hours(tmp_path
                                               "runs": [run("bn"), run("gn", 2), run("none")]})
     text = sweep.batch_size_section(tmp_path)
     assert "GN(2)" not in text and "no norm" not in text
-    assert "1 runs of 3 epochs (seed 0; mean ± std over seeds), device `cpu`, torch 2.0 per run; 1.5 hours" in text
+    assert ("1 runs of BN, GN and LN, 3 epochs each (seed 0; mean ± std over seeds; the file's 2 other runs are on "
+            "[the GN-family page](gn_family.md)), device `cpu`, torch 2.0 per run; 1.5 hours") in text
 
 
 def test_levers_section_sorts_bn_first_and_gives_each_runs_range(tmp_path):
