@@ -300,7 +300,8 @@ def older_runs_table(results, recorded=None):
         return []
     lines = ["", "Older runs that record no fingerprint, each against a fingerprinted run of the same configuration "
                  "and seed (B − A, final test accuracy): equal numbers say which machine they computed like, and "
-                 "where none is equal, how far one run moves between machines. They are still never paired (rule 7).",
+                 "where none is equal, how far one run moves between machines. They are never paired with another variant "
+                 "(rule 7); the interval here is of the same run's differences between two machines.",
              "", "| results file, B (its CPU, torch) | A | runs | equal in every epoch | B − A (points) "
                  "| 95% interval (paired) | per-run spread: SD, largest |", "|---|---|---:|---:|---:|---|---|"]
     for (name, recorded, machine), pairs in sorted(found.items()):

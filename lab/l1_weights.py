@@ -68,8 +68,8 @@ def l1_weights_table(result):
     """Markdown: per layer, BN and BN+L1 weight norm and near-zero share, mean ± std over seeds."""
     bn, l1 = result["layers"]["BN"], result["layers"]["BN+L1"]
     percent = f"{100 * result['sparse_fraction']:g}%"
-    lines = [f"| layer | weights | L2 norm, BN | L2 norm, BN+L1 | ratio | |w| < {percent} of max, BN "
-             f"| |w| < {percent} of max, BN+L1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| layer | weights | L2 norm, BN | L2 norm, BN+L1 | ratio | near zero (under {percent} of max), BN "
+             f"| near zero, BN+L1 |", "|---|---:|---:|---:|---:|---:|---:|"]
     for index, name in enumerate(bn):
         a, b = bn[name], l1[name]
         lines.append(f"| {layer_label(name, index)} | {a['numel']:,} | {a['l2']['mean']:.2f} ± {a['l2']['std']:.2f} "

@@ -139,9 +139,9 @@ def columns(summary):
 
 
 def column_label(variant, mode):
-    """'GN', 'BN' (as deployed: its running statistics), 'BN+L1, adapted stats': a variant in one BN mode."""
+    """'GN', 'BN' (as deployed: its running statistics), 'BN+L1, re-estimated stats': a variant in one BN mode."""
     return VARIANTS[variant].label + {None: "", "running": "", "test_batch": ", test-batch stats",
-                                      "adapted": ", adapted stats"}[mode]
+                                      "adapted": ", re-estimated stats"}[mode]
 
 
 def shift_table(summary):

@@ -284,7 +284,8 @@ def test_shift_comparisons_section_by_hand(tmp_path, monkeypatch):
     lines = shift.shift_comparisons_section(tmp_path).splitlines()
     assert lines[0] == "*Contrast* (2 comparisons):" and "| 97.5% interval (Welch) |" in lines[2]
     assert lines[4].startswith("| contrast 3: GN − BN | 3 + 3 | 99.10 | 11.00 | +88.10 |") and "**separated**" in lines[4]
-    assert lines[5].startswith("| contrast 3: BN+L1, adapted stats − BN, adapted stats | 3 + 3 | 51.00 | 51.00 | +0.00 |")
+    assert lines[5].startswith(
+        "| contrast 3: BN+L1, re-estimated stats − BN, re-estimated stats | 3 + 3 | 51.00 | 51.00 | +0.00 |")
     # BN+L1 − BN: 2 conditions x 3 modes, 99.17% intervals, t(1 - 0.05 / 12, df 4) = 5.2; at contrast 3 as deployed
     # 10 ± t x sqrt(2/3), separated; the clean one +0.50 of a half-width t x sqrt(1.0833/3 + 1/3), not
     t = t_quantile(1 - 0.05 / 12, 4)
