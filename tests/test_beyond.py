@@ -53,7 +53,7 @@ def test_each_papers_claim_is_asked_of_its_pair_here_and_decided_only_at_six_see
                 for seed in seeds for c in guide.POINTS[point] if not c.bn_batch]
         save_json({"summary": None, "runs": runs}, tmp_path / "guide" / f"{point}.json")
     rows = {line.split(" | ")[3]: line for line in beyond.papers_section(tmp_path).splitlines()[2:]}
-    assert len(rows) == len(beyond.CLAIMS) == 9
+    assert len(rows) == len(beyond.CLAIMS) == 10
     frn = rows["FRN at batch 8 − BN at batch 8"].split(" | ")
     assert frn[4:6] == ["6", "+0.10"] and frn[-1] == "**same direction**, separated |"
     assert rows["BRN at batch 8 − BN at batch 8"].endswith("| **the opposite**, separated |")  # 98.0 against 99.0
