@@ -212,7 +212,7 @@ def l1_table(accs, conditions_run):
     differences the seeds would detect."""
     family = len(conditions_run) * len(BN_MODES)
     lines = [f"| BN mode | conditions | separated ({100 * (1 - ALPHA / family):.4g}% interval, Welch) "
-             f"| furthest from 0 for its interval: A − B (interval) "
+             f"| closest to separated: A − B (interval) "
              f"| detectable difference: median (smallest-largest) |",
              "|---|---:|---:|---|---|"]
     for mode in BN_MODES:
