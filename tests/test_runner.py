@@ -310,8 +310,8 @@ def test_ctrl_c_keeps_finished_runs_and_a_second_start_skips_them(tiny_mnist, tm
     # 18 short runs, so that many are left when the first is recorded: with 9, a loaded machine (CI beside long
     # runs) once saw every run finish before the signal landed
     args = ["--norm", "all", "--seeds", *map(str, range(6)), "--epochs", "1", "--train-subset", "20000",
-            "--workers", "2", "--data-dir", tiny_mnist, "--out", tmp_path / "R", "--results", tmp_path / "S", "--images", tmp_path / "I",
-            "--device", "cpu"]
+            "--workers", "2", "--data-dir", tiny_mnist, "--out", tmp_path / "R", "--results", tmp_path / "S",
+            "--images", tmp_path / "I", "--device", "cpu"]
     process = start_main(*args, cwd=tmp_path)
     results = tmp_path / "S" / "study.json"
     try:
