@@ -3,6 +3,7 @@ the real copy if present, main.py in this process or in a subprocess, waiting on
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,7 +113,15 @@ def start_main(*args, cwd, session=False):
     of its own, as a shell starts a command: a terminal's Ctrl-C reaches the whole group (os.killpg)."""
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session,
+                            preexec_fn=default_sigint)
+
+
+def default_sigint():
+    """In the child before exec: Ctrl-C as a shell gives it. An ignored SIGINT survives exec, and Python then installs
+    no KeyboardInterrupt handler: a SIG_IGN left in the test process would make every Ctrl-C test pass the signal to
+    a command that ignores it (a full CI run saw main.py finish every run and exit 0 after SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(predicate, timeout, what, process=None, interval=0.01):
